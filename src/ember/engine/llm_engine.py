@@ -1,0 +1,205 @@
+"""The engine: loads a model folder, owns the KV cache, and advances requests step by step.
+
+``step()`` runs one scheduled forward pass and returns, per sequence that advanced, the new
+token and the text it made visible. Stopping (EOS, stop tokens, stop strings, max_tokens,
+context length) is decided here, once per token, on the host.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ember.config import GenerationDefaults, ModelConfig, parse_dtype
+from ember.engine.block_manager import BlockManager
+from ember.engine.kv_cache import allocate_kv_cache, num_kv_blocks
+from ember.engine.model_runner import ModelRunner
+from ember.engine.scheduler import Scheduler
+from ember.engine.sequence import Sequence
+from ember.errors import ContextLengthError, EmberError, InvalidRequestError
+from ember.loader.model_path import resolve_model_path
+from ember.loader.weights import build_model, init_dummy_weights, load_checkpoint_weights
+from ember.sampling_params import SamplingParams
+from ember.tokenizer import IncrementalDetokenizer, Tokenizer
+
+_warned_cpu = False
+
+
+def pick_device(device: str | torch.device | None) -> torch.device:
+    """``None``/"auto": the first CUDA GPU, else the CPU path (said once on stderr)."""
+    global _warned_cpu
+    if device is None or str(device) == "auto":
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EmberError(f"device {device} was asked for, but no CUDA GPU is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise EmberError(f"device {device} does not exist ({torch.cuda.device_count()} CUDA GPU(s) visible)")
+    elif device.type == "cpu" and not _warned_cpu:
+        _warned_cpu = True
+        print("ember: no CUDA GPU in use; running on the CPU path (slow)", file=sys.stderr)
+    return device
+
+
+@dataclass
+class EngineArgs:
+    model: str
+    dtype: str = "auto"
+    device: str | None = None
+    load_format: str = "auto"  # "auto" (the checkpoint) or "dummy" (random weights)
+    max_model_len: int | None = None
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 16384
+    gpu_memory_utilization: float = 0.9
+    block_size: int = 16
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class StepOutput:
+    seq: Sequence
+    token_id: int
+    text: str  # newly visible text (may be "" while a multi-byte char or stop string is pending)
+    finished: bool
+
+
+class LLMEngine:
+    def __init__(self, args: EngineArgs):
+        if args.load_format not in ("auto", "dummy"):
+            raise InvalidRequestError(f"load_format must be 'auto' or 'dummy', got {args.load_format!r}")
+        self.args = args
+        self.path: Path = resolve_model_path(args.model)
+        self.config = ModelConfig.from_folder(self.path)
+        self.generation_defaults = GenerationDefaults.from_folder(self.path)
+        self.tokenizer = Tokenizer.from_pretrained(self.path)
+        self.device = pick_device(args.device)
+        self.dtype = parse_dtype(args.dtype, default=self.config.torch_dtype)
+        self.eos_token_ids = set(self.generation_defaults.eos_token_ids) | set(self.config.eos_token_ids)
+        if self.tokenizer.eos_token_id is not None:
+            self.eos_token_ids.add(self.tokenizer.eos_token_id)
+
+        self.model = build_model(self.config, self.dtype, self.device)
+        if args.load_format == "dummy":
+            init_dummy_weights(self.model, seed=args.seed)
+        else:
+            load_checkpoint_weights(self.model, self.path, progress=args.progress)
+
+        max_len = self.config.max_position_embeddings
+        if args.max_model_len:
+            if args.max_model_len > max_len:
+                raise InvalidRequestError(
+                    f"context size {args.max_model_len} exceeds the model's maximum of {max_len} tokens"
+                )
+            max_len = args.max_model_len
+        num_blocks = num_kv_blocks(
+            self.config, self.device, self.dtype, args.block_size, max_len, args.max_num_seqs,
+            args.max_num_batched_tokens, args.gpu_memory_utilization,
+        )
+        if num_blocks < 1:
+            raise EmberError("not enough device memory left for the KV cache after loading the model")
+        self.max_model_len = min(max_len, num_blocks * args.block_size)
+        k_caches, v_caches = allocate_kv_cache(
+            self.config, num_blocks, args.block_size, self.dtype,
+            [layer.input_layernorm.weight.device for layer in self.model.model.layers],
+        )
+        self.model.bind_kv_cache(k_caches, v_caches)
+        self.block_manager = BlockManager(num_blocks, args.block_size)
+        self.scheduler = Scheduler(
+            self.block_manager, args.max_num_seqs, max(args.max_num_batched_tokens, self.max_model_len)
+        )
+        self.runner = ModelRunner(
+            self.model, self.config, self.block_manager, args.max_num_seqs, self.max_model_len, self.device
+        )
+        self.detokenizers: dict[int, IncrementalDetokenizer] = {}
+        self.rng = random.Random(args.seed)
+
+    # ----- requests --------------------------------------------------------------------------
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id=None) -> Sequence:
+        if not prompt_token_ids:
+            raise InvalidRequestError("the prompt is empty")
+        vocab = self.config.vocab_size
+        if any(not 0 <= t < vocab for t in prompt_token_ids):
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
+        if len(prompt_token_ids) >= self.max_model_len:
+            raise ContextLengthError(
+                f"the prompt has {len(prompt_token_ids)} tokens but the context holds {self.max_model_len} "
+                "(prompt plus at least one generated token); shorten it or raise --ctx-size"
+            )
+        seed = params.seed if params.seed is not None else self.rng.getrandbits(62)
+        seq = Sequence(prompt_token_ids, params, seed=seed, request_id=request_id)
+        self.detokenizers[seq.seq_id] = IncrementalDetokenizer(
+            self.tokenizer, prompt_token_ids, skip_special_tokens=params.skip_special_tokens,
+            stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
+        )
+        self.scheduler.add(seq)
+        return seq
+
+    def abort(self, seq: Sequence) -> None:
+        """Stop a request now and free its KV blocks."""
+        if not seq.is_finished:
+            seq.finish_reason = seq.finish_reason or "abort"
+            self.scheduler.finish(seq)
+        self.detokenizers.pop(seq.seq_id, None)
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def output_text(self, seq: Sequence) -> str:
+        detok = self.detokenizers.get(seq.seq_id)
+        return detok.text if detok is not None else ""
+
+    # ----- stepping --------------------------------------------------------------------------
+    def step(self) -> list[StepOutput]:
+        seqs, is_prefill = self.scheduler.schedule()
+        if not seqs:
+            return []
+        tokens = self.runner.run(seqs, is_prefill)
+        outputs = []
+        for seq, token in zip(seqs, tokens):
+            seq.append(token)
+            text, finished = self._check_stop(seq, token)
+            if finished:
+                self.scheduler.finish(seq)
+            outputs.append(StepOutput(seq, token, text, finished))
+        return outputs
+
+    def _check_stop(self, seq: Sequence, token: int) -> tuple[str, bool]:
+        p = seq.params
+        detok = self.detokenizers[seq.seq_id]
+        may_stop = seq.num_output_tokens > p.min_tokens  # EOS/stop tokens only count past min_tokens
+        if may_stop and token in p.stop_token_ids:
+            seq.finish_reason, seq.stop_reason = "stop", token
+            return detok.flush(), True
+        if may_stop and not p.ignore_eos and token in self.eos_token_ids:
+            seq.finish_reason = "stop"
+            return detok.flush(), True
+        text = detok.add(token)
+        if detok.stopped:
+            seq.finish_reason, seq.stop_reason = "stop", detok.stop_reason
+            return text, True
+        if (p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens) or len(seq) >= self.max_model_len:
+            seq.finish_reason = "length"
+            return text + detok.flush(), True
+        return text, False
+
+    # ----- scoring -------------------------------------------------------------------------------
+    def prompt_logits(self, prompts: list[list[int]]) -> list[torch.Tensor]:
+        """fp32 logits at every position of each prompt, run as one prefill batch (for
+        exactness checks against a reference implementation)."""
+        seqs = [Sequence(p, SamplingParams(max_tokens=1), seed=0) for p in prompts]
+        for s in seqs:
+            if len(s) > self.max_model_len or not self.block_manager.can_allocate(s):
+                raise ContextLengthError(f"a prompt of {len(s)} tokens does not fit the KV cache")
+            self.block_manager.allocate(s)
+        try:
+            logits = self.runner.prompt_logits(seqs)
+        finally:
+            for s in seqs:
+                self.block_manager.free(s)
+        return list(logits.split([len(p) for p in prompts]))

@@ -1,0 +1,45 @@
+"""Linear layers whose weights can be packed from several checkpoint tensors.
+
+Qwen3 checkpoints store q/k/v and gate/up as separate matrices; running them as one GEMM
+each saves launches and reads the activations once. ``PackedLinear`` knows where each
+checkpoint tensor goes, so the weight loader stays generic. A tensor-parallel variant would
+override ``load_shard`` to keep only its slice of rows (or columns), nothing else.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Linear(nn.Module):
+    """y = x W^T (+ b). Weights are allocated uninitialised: the loader fills them."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = False):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.weight = nn.Parameter(torch.empty(out_features, in_features), requires_grad=False)
+        self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def shard_rows(self, shard: int | None) -> slice:
+        """Rows of ``weight`` that checkpoint shard ``shard`` fills (all of them here)."""
+        return slice(0, self.out_features)
+
+
+class PackedLinear(Linear):
+    """Several projections of the same input stacked along the output dimension."""
+
+    def __init__(self, in_features: int, out_sizes: list[int], bias: bool = False):
+        super().__init__(in_features, sum(out_sizes), bias)
+        self.out_sizes = list(out_sizes)
+        self.offsets = [sum(out_sizes[:i]) for i in range(len(out_sizes))]
+
+    def shard_rows(self, shard: int | None) -> slice:
+        if shard is None:
+            return slice(0, self.out_features)
+        return slice(self.offsets[shard], self.offsets[shard] + self.out_sizes[shard])

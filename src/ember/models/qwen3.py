@@ -1,0 +1,151 @@
+"""The Qwen3 dense decoder, written to read like the math.
+
+    h = embed(tokens)
+    for each layer:
+        x, r = rmsnorm(h + r)                 # residual add fused into the norm
+        q, k, v = x Wqkv
+        q, k = rope(rmsnorm_head(q)), rope(rmsnorm_head(k));  cache <- k, v
+        h = attention(q, cache) Wo
+        x, r = rmsnorm(h + r)
+        h = (silu(x Wgate) * x Wup) Wdown
+    logits = rmsnorm(h + r) Wlm        # only at the rows that need a next token
+
+Each layer may sit on its own device (``place_layers``); hidden states follow the layers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ember import ops
+from ember.config import ModelConfig
+from ember.layers.attention import AttentionMetadata, PagedAttention
+from ember.layers.linear import Linear, PackedLinear
+from ember.layers.norm import RMSNorm
+from ember.ops.rope import build_rope_cache
+
+
+class Qwen3Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.q_size, self.kv_size = cfg.q_size, cfg.kv_size
+        self.qkv_proj = PackedLinear(
+            cfg.hidden_size, [cfg.q_size, cfg.kv_size, cfg.kv_size], bias=cfg.attention_bias
+        )
+        self.o_proj = Linear(cfg.q_size, cfg.hidden_size, bias=False)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
+        self.attn = PagedAttention(
+            cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
+        )
+
+    def forward(self, x, positions, cos_sin, meta: AttentionMetadata):
+        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        out = self.attn(q, k, v, self.q_norm.weight, self.k_norm.weight, cos_sin, positions, meta)
+        return self.o_proj(out)
+
+
+class Qwen3MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up_proj = PackedLinear(cfg.hidden_size, [cfg.intermediate_size] * 2)
+        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x):
+        return self.down_proj(ops.silu_mul(self.gate_up_proj(x)))
+
+
+class Qwen3DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.self_attn = Qwen3Attention(cfg)
+        self.mlp = Qwen3MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, h, residual, positions, cos_sin, meta):
+        if residual is None:  # first layer: the embedding is the residual stream
+            x, residual = self.input_layernorm(h), h
+        else:
+            x, residual = self.input_layernorm(h, residual)
+        h = self.self_attn(x, positions, cos_sin, meta)
+        x, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(x), residual
+
+
+class Qwen3Model(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Parameter(torch.empty(cfg.vocab_size, cfg.hidden_size), requires_grad=False)
+        self.layers = nn.ModuleList(Qwen3DecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Qwen3ForCausalLM(nn.Module):
+    """Checkpoint names map onto this module tree (see ``checkpoint_name_map``)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = Qwen3Model(cfg)
+        self.lm_head = None if cfg.tie_word_embeddings else Linear(cfg.hidden_size, cfg.vocab_size)
+        self.cos_sin: torch.Tensor | None = None  # fp32 RoPE table, made by init_rope_cache
+
+    def init_rope_cache(self, device: torch.device) -> None:
+        cfg = self.config
+        self.cos_sin = build_rope_cache(
+            cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling, device=device
+        )
+
+    # ----- forward -------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
+        """Final hidden states (normed) of every token in the flat batch."""
+        h = ops.embedding(input_ids, self.model.embed_tokens)
+        residual = None
+        cos_sin, device = self.cos_sin, h.device
+        for layer in self.model.layers:
+            layer_device = layer.input_layernorm.weight.device
+            if layer_device != device:  # pipeline split: hand the activations over
+                device = layer_device
+                h, positions, meta = h.to(device), positions.to(device), meta.to(device)
+                residual = None if residual is None else residual.to(device)
+                cos_sin = cos_sin.to(device)
+            h, residual = layer(h, residual, positions, cos_sin, meta)
+        h = h.to(self.model.norm.weight.device)
+        residual = residual.to(h.device) if residual is not None else None
+        out, _ = self.model.norm(h, residual) if residual is not None else (self.model.norm(h), None)
+        return out
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        weight = self.model.embed_tokens if self.lm_head is None else self.lm_head.weight
+        return torch.nn.functional.linear(hidden.to(weight.device), weight)
+
+    # ----- weights -------------------------------------------------------------------------
+    def checkpoint_name_map(self) -> dict[str, tuple[str, int | None]]:
+        """Checkpoint tensor name -> (parameter name here, packed shard index or None)."""
+        names: dict[str, tuple[str, int | None]] = {
+            "model.embed_tokens.weight": ("model.embed_tokens", None),
+            "model.norm.weight": ("model.norm.weight", None),
+        }
+        if self.lm_head is not None:
+            names["lm_head.weight"] = ("lm_head.weight", None)
+        for i in range(len(self.model.layers)):
+            p = f"model.layers.{i}."
+            for j, proj in enumerate(("q_proj", "k_proj", "v_proj")):
+                names[f"{p}self_attn.{proj}.weight"] = (f"{p}self_attn.qkv_proj.weight", j)
+                if self.config.attention_bias:
+                    names[f"{p}self_attn.{proj}.bias"] = (f"{p}self_attn.qkv_proj.bias", j)
+            for j, proj in enumerate(("gate_proj", "up_proj")):
+                names[f"{p}mlp.{proj}.weight"] = (f"{p}mlp.gate_up_proj.weight", j)
+            for name in (
+                "self_attn.o_proj.weight", "self_attn.q_norm.weight", "self_attn.k_norm.weight",
+                "mlp.down_proj.weight", "input_layernorm.weight", "post_attention_layernorm.weight",
+            ):
+                names[p + name] = (p + name, None)
+        return names
+
+    def bind_kv_cache(self, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]) -> None:
+        for layer, k, v in zip(self.model.layers, k_caches, v_caches):
+            layer.self_attn.attn.k_cache = k
+            layer.self_attn.attn.v_cache = v
