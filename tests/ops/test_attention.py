@@ -4,21 +4,12 @@ Without a GPU the kernels run on CPU tensors in Triton's interpreter (slow: smal
 with one, the same cases run compiled on CUDA, plus realistic shapes marked ``gpu``.
 """
 
-import importlib
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ember.ops import attention
-
-HAS_CUDA = torch.cuda.is_available()
-if not HAS_CUDA and type(attention._prefill_kernel).__name__ != "InterpretedFunction":
-    # An earlier test module imported the kernels before tests/ops/conftest.py set TRITON_INTERPRET
-    # (@triton.jit reads it at decoration time): build them again for the interpreter.
-    attention = importlib.reload(attention)
-
-from ember.ops.attention import (  # noqa: E402
+from ember.ops.attention import (
     decode_num_splits,
     decode_workspace_numel,
     paged_decode_attention,
@@ -29,6 +20,7 @@ from ember.ops.attention import (  # noqa: E402
     paged_prefill_attention_triton,
 )
 
+HAS_CUDA = torch.cuda.is_available()  # without one, tests/conftest.py has set TRITON_INTERPRET=1
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 # |kernel - reference|: fp32 dots are exact ("ieee"); 16-bit runs round P to q's dtype on GPU.
 TOLERANCES = {torch.float32: 1e-4, torch.float16: 4e-3, torch.bfloat16: 2e-2}

@@ -11,6 +11,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from torch import Tensor
 
 from ember.ops.dispatch import use_triton
 
@@ -152,8 +153,10 @@ def _check_inputs(q, k_cache, v_cache, block_tables):
     return q.shape[1] // k_cache.shape[2], block_size, head_dim, not q.is_cuda
 
 
-def paged_prefill_attention_triton(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, scale,
-                                   max_seqlen_q):
+def paged_prefill_attention_triton(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, cu_seqlens_q: Tensor, context_lens: Tensor,
+    block_tables: Tensor, scale: float, max_seqlen_q: int,
+) -> Tensor:
     group, block_size, head_dim, upcast_dot = _check_inputs(q, k_cache, v_cache, block_tables)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     num_seqs = cu_seqlens_q.shape[0] - 1
@@ -244,8 +247,10 @@ def _decode_reduce_kernel(out_ptr, partial_acc_ptr, partial_stats_ptr, context_l
              out.to(out_ptr.dtype.element_ty))
 
 
-def paged_decode_attention_triton(q, k_cache, v_cache, block_tables, context_lens, scale, *, workspace=None,
-                                  num_splits=None):
+def paged_decode_attention_triton(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
+    *, workspace: Tensor | None = None, num_splits: int | None = None,
+) -> Tensor:
     group, block_size, head_dim, upcast_dot = _check_inputs(q, k_cache, v_cache, block_tables)
     batch_size, num_q_heads, _ = q.shape
     num_kv_heads = k_cache.shape[2]
@@ -257,7 +262,8 @@ def paged_decode_attention_triton(q, k_cache, v_cache, block_tables, context_len
     numel = decode_workspace_numel(batch_size, num_q_heads, head_dim, num_splits)
     if workspace is None:
         workspace = torch.empty(numel, dtype=torch.float32, device=q.device)
-    assert workspace.dtype == torch.float32 and workspace.is_contiguous() and workspace.numel() >= numel
+    assert workspace.dtype == torch.float32 and workspace.device == q.device and workspace.is_contiguous()
+    assert workspace.numel() >= numel, "workspace too small: see decode_workspace_numel"
     partial_acc = workspace.view(-1)[: numel // (head_dim + 2) * head_dim]
     partial_stats = workspace.view(-1)[partial_acc.numel(): numel]
 
@@ -297,8 +303,10 @@ def _gather_kv(k_cache, v_cache, block_table, ctx_len):
     return k_cache[blocks, pos % block_size], v_cache[blocks, pos % block_size]
 
 
-def paged_prefill_attention_reference(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, scale,
-                                      max_seqlen_q):
+def paged_prefill_attention_reference(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, cu_seqlens_q: Tensor, context_lens: Tensor,
+    block_tables: Tensor, scale: float, max_seqlen_q: int,
+) -> Tensor:
     out = torch.empty_like(q)
     cu = cu_seqlens_q.tolist()
     for seq, ctx_len in enumerate(context_lens.tolist()):
@@ -311,8 +319,10 @@ def paged_prefill_attention_reference(q, k_cache, v_cache, cu_seqlens_q, context
     return out
 
 
-def paged_decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale, *, workspace=None,
-                                     num_splits=None):
+def paged_decode_attention_reference(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
+    *, workspace: Tensor | None = None, num_splits: int | None = None,
+) -> Tensor:
     out = torch.empty_like(q)
     for seq, ctx_len in enumerate(context_lens.tolist()):
         keys, values = _gather_kv(k_cache, v_cache, block_tables[seq], ctx_len)
@@ -321,12 +331,17 @@ def paged_decode_attention_reference(q, k_cache, v_cache, block_tables, context_
     return out
 
 
-def paged_prefill_attention(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, scale, max_seqlen_q):
+def paged_prefill_attention(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, cu_seqlens_q: Tensor, context_lens: Tensor,
+    block_tables: Tensor, scale: float, max_seqlen_q: int,
+) -> Tensor:
     impl = paged_prefill_attention_triton if use_triton(q) else paged_prefill_attention_reference
     return impl(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, scale, max_seqlen_q)
 
 
-def paged_decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, *, workspace=None,
-                           num_splits=None):
+def paged_decode_attention(
+    q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
+    *, workspace: Tensor | None = None, num_splits: int | None = None,
+) -> Tensor:
     impl = paged_decode_attention_triton if use_triton(q) else paged_decode_attention_reference
     return impl(q, k_cache, v_cache, block_tables, context_lens, scale, workspace=workspace, num_splits=num_splits)
