@@ -115,3 +115,15 @@ def test_prompt_longer_than_context(tiny_checkpoint):
 def test_context_larger_than_model_rejected(tiny_checkpoint):
     r = run_ember("-m", str(tiny_checkpoint), "-c", "999999")
     assert r.returncode == 1 and "exceeds the model's maximum" in r.stderr
+
+
+def test_hub_id_offline_gives_clear_error(tmp_path):
+    env_home = tmp_path / "hf"
+    r = subprocess.run(
+        [sys.executable, "-m", "ember.cli.main", "-m", "Qwen/Qwen3-0.6B", "-n", "1"],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(env_home)},
+    )
+    assert r.returncode == 1
+    assert "ember: error:" in r.stderr and "offline" in r.stderr.lower()
+    assert "Traceback" not in r.stderr

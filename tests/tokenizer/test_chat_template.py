@@ -70,17 +70,6 @@ CONVERSATIONS = {
 TOOLS = {"tools": [WEATHER_TOOL], "tool_calls": [WEATHER_TOOL, SEARCH_TOOL], "tool_call_with_content": [SEARCH_TOOL]}
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.from_pretrained(FOLDER)
-
-
-@pytest.fixture(scope="module")
-def hf():
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(FOLDER))
-
-
 @pytest.mark.parametrize("name,thinking,gen_prompt", list(itertools.product(
     CONVERSATIONS, ["unset", True, False], [True, False])))
 def test_qwen3_template_matches_transformers(tok, hf, name, thinking, gen_prompt):

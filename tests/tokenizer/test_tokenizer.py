@@ -44,17 +44,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.from_pretrained(FOLDER)
-
-
-@pytest.fixture(scope="module")
-def hf():
-    transformers = pytest.importorskip("transformers")
-    return transformers.AutoTokenizer.from_pretrained(str(FOLDER))
-
-
 @pytest.mark.parametrize("text", TEXTS)
 def test_encode_and_decode_match_transformers(tok, hf, text):
     ids = tok.encode(text)

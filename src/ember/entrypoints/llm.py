@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence as Seq
-from dataclasses import replace
+from collections.abc import Iterator
 
 from tqdm.auto import tqdm
 

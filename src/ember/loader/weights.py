@@ -54,6 +54,8 @@ def load_checkpoint_weights(model: nn.Module, folder: str | Path, progress: bool
         if name.endswith(_IGNORED_SUFFIXES) or (tied and name == "lm_head.weight"):
             continue
         raise WeightsError(f"{files.file_of(name).name}: unexpected tensor {name!r} for {model.config.architecture}")
+    for name, path in files.unlisted_tensors():  # in a shard, but the index does not list it there
+        raise WeightsError(f"{path.name}: tensor {name!r} is not listed in model.safetensors.index.json")
 
     bar = tqdm(
         total=sum(files.nbytes(n) for n in name_map), unit="B", unit_scale=True,
