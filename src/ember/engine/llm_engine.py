@@ -203,3 +203,17 @@ class LLMEngine:
             for s in seqs:
                 self.block_manager.free(s)
         return list(logits.split([len(p) for p in prompts]))
+
+    # ----- observability -----------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        """Counters and gauges for /metrics and logs (prefix-cache fields are 0 until it exists)."""
+        bm, sched = self.block_manager, self.scheduler
+        return {
+            "num_running": len(sched.running),
+            "num_waiting": len(sched.waiting),
+            "kv_blocks_total": bm.num_blocks,
+            "kv_blocks_used": bm.num_blocks - bm.num_free_blocks,
+            "num_preemptions": sched.num_preemptions,
+            "prefix_cache_queries": getattr(bm, "prefix_cache_queries", 0),
+            "prefix_cache_hits": getattr(bm, "prefix_cache_hits", 0),
+        }
