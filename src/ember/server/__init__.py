@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP server (``ember serve``): FastAPI routes in front of one engine thread."""
