@@ -39,7 +39,10 @@ class Sequence:
         self.seed = seed  # the sampling RNG is keyed by (seed, number of generated tokens)
         self.status = SequenceStatus.WAITING
         self.block_table: list[int] = []
-        self.num_cached_tokens = 0  # tokens whose K/V are in the cache
+        self.num_cached_tokens = 0  # tokens whose K/V are in the cache (computed or reused)
+        # Prefix-cache keys of its full blocks, as far as computed; they depend on the tokens
+        # only, so they stay valid when the sequence is preempted and its blocks freed.
+        self.block_hashes: list[bytes] = []
         self.finish_reason: str | None = None
         self.stop_reason: str | int | None = None
         self.logprobs: list[TokenLogprobs] = []
