@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--load-format", default="auto", choices=["auto", "dummy"],
                    help="dummy = random weights of the checkpoint's shapes, for benchmarks")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--enforce-eager", action="store_true",
+                   help="no CUDA graphs for decode (slower; for debugging and comparison)")
     chat = p.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None,
                       help="apply the model's chat template to -p")
@@ -101,6 +103,14 @@ def run_prompt(llm, args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "bench":  # `ember bench ...` has its own flags
+        from ember.bench.cli import main as bench_main
+
+        return bench_main(argv[1:])
+    if argv and argv[0] == "serve":  # `ember serve MODEL ...`: the HTTP server has its own flags
+        from ember.server.cli import main as serve_main
+
+        return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.n_predict < 1:
@@ -113,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model, dtype=args.dtype, device=device_from_flag(args.devices), load_format=args.load_format,
             max_model_len=args.ctx_size or None, gpu_memory_utilization=args.gpu_memory_utilization,
             max_num_seqs=1 if not args.interactive else 1, progress=args.verbose or sys.stderr.isatty(),
+            enforce_eager=args.enforce_eager,
         )
         if args.interactive:
             from ember.cli.chat import run_chat

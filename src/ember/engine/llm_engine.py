@@ -1,8 +1,9 @@
 """The engine: loads a model folder, owns the KV cache, and advances requests step by step.
 
-``step()`` runs one scheduled forward pass and returns, per sequence that advanced, the new
-token and the text it made visible. Stopping (EOS, stop tokens, stop strings, max_tokens,
-context length) is decided here, once per token, on the host.
+``step()`` runs one scheduled forward pass and returns, per sequence that got a new token,
+the token and the text it made visible (a sequence still prefilling its prompt gets none).
+Stopping (EOS, stop tokens, stop strings, max_tokens, context length) is decided here, once
+per token, on the host.
 """
 
 from __future__ import annotations
@@ -54,11 +55,13 @@ class EngineArgs:
     load_format: str = "auto"  # "auto" (the checkpoint) or "dummy" (random weights)
     max_model_len: int | None = None
     max_num_seqs: int = 256
-    max_num_batched_tokens: int = 16384
+    max_num_batched_tokens: int | None = None  # new tokens per step; None: 8192 on CUDA, 2048 on CPU
+    enable_prefix_caching: bool = True
     gpu_memory_utilization: float = 0.9
     block_size: int = 16
     seed: int = 0
     progress: bool = True
+    enforce_eager: bool = False  # no CUDA graphs: every decode step launches its kernels one by one
 
 
 @dataclass
@@ -97,9 +100,15 @@ class LLMEngine:
                     f"context size {args.max_model_len} exceeds the model's maximum of {max_len} tokens"
                 )
             max_len = args.max_model_len
+        budget = args.max_num_batched_tokens
+        if budget is None:  # large enough to keep the GPU busy, small enough not to stall decodes
+            budget = max(8192 if self.device.type == "cuda" else 2048, args.block_size)
+        if budget < 1:
+            raise InvalidRequestError(f"max_num_batched_tokens must be >= 1, got {budget}")
+        self.max_num_batched_tokens = budget
         num_blocks = num_kv_blocks(
             self.config, self.device, self.dtype, args.block_size, max_len, args.max_num_seqs,
-            args.max_num_batched_tokens, args.gpu_memory_utilization,
+            budget, args.gpu_memory_utilization,
         )
         if num_blocks < 1:
             raise EmberError("not enough device memory left for the KV cache after loading the model")
@@ -109,12 +118,11 @@ class LLMEngine:
             [layer.input_layernorm.weight.device for layer in self.model.model.layers],
         )
         self.model.bind_kv_cache(k_caches, v_caches)
-        self.block_manager = BlockManager(num_blocks, args.block_size)
-        self.scheduler = Scheduler(
-            self.block_manager, args.max_num_seqs, max(args.max_num_batched_tokens, self.max_model_len)
-        )
+        self.block_manager = BlockManager(num_blocks, args.block_size, args.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, args.max_num_seqs, budget)
         self.runner = ModelRunner(
-            self.model, self.config, self.block_manager, args.max_num_seqs, self.max_model_len, self.device
+            self.model, self.config, self.block_manager, args.max_num_seqs, self.max_model_len, self.device,
+            enforce_eager=args.enforce_eager,
         )
         self.detokenizers: dict[int, IncrementalDetokenizer] = {}
         self.rng = random.Random(args.seed)
@@ -156,12 +164,14 @@ class LLMEngine:
 
     # ----- stepping --------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
-        seqs, is_prefill = self.scheduler.schedule()
-        if not seqs:
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
             return []
-        tokens = self.runner.run(seqs, is_prefill)
+        tokens = self.runner.run(batch)
+        self.scheduler.mark_computed(batch)
         outputs = []
-        for seq, token in zip(seqs, tokens):
+        # A sequence whose prompt is only partly in the cache produces nothing this step.
+        for seq, token in zip(batch.sampling_seqs, tokens):
             seq.append(token)
             text, finished = self._check_stop(seq, token)
             if finished:
@@ -193,11 +203,12 @@ class LLMEngine:
         """fp32 logits at every position of each prompt, run as one prefill batch (for
         exactness checks against a reference implementation)."""
         seqs = [Sequence(p, SamplingParams(max_tokens=1), seed=0) for p in prompts]
-        for s in seqs:
-            if len(s) > self.max_model_len or not self.block_manager.can_allocate(s):
-                raise ContextLengthError(f"a prompt of {len(s)} tokens does not fit the KV cache")
-            self.block_manager.allocate(s)
         try:
+            for s in seqs:
+                # Every position is computed, so no prefix-cache reuse (and nothing registered).
+                if len(s) > self.max_model_len or not self.block_manager.can_allocate(s, use_prefix_cache=False):
+                    raise ContextLengthError(f"a prompt of {len(s)} tokens does not fit the KV cache")
+                self.block_manager.allocate(s, use_prefix_cache=False)
             logits = self.runner.prompt_logits(seqs)
         finally:
             for s in seqs:
@@ -206,7 +217,8 @@ class LLMEngine:
 
     # ----- observability -----------------------------------------------------------------------
     def stats(self) -> dict[str, int]:
-        """Counters and gauges for /metrics and logs (prefix-cache fields are 0 until it exists)."""
+        """Counters and gauges for /metrics and logs (prefix-cache counters are in prompt tokens:
+        looked up at admission, and found cached)."""
         bm, sched = self.block_manager, self.scheduler
         return {
             "num_running": len(sched.running),

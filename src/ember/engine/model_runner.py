@@ -2,19 +2,48 @@
 
 Decode inputs go through preallocated device buffers (token ids, positions, slots, context
 lengths, block tables, sampling parameters) filled by one host-to-device copy each, and the
-step itself never waits on the device, so a later change can capture it as a CUDA graph.
+step itself never waits on the device. On CUDA a pure decode step replays a CUDA graph: one
+per batch-size bucket, captured at start-up over the model forward and the fp32 logits; a
+batch runs padded to the smallest bucket that holds it (``enforce_eager`` turns this off).
+A step with any prompt chunk runs the whole batch, decode rows included (one query over their
+cached context), through the prefill path; the LM head runs only on rows that yield a token.
 """
 
 from __future__ import annotations
+
+import bisect
 
 import torch
 
 from ember import ops
 from ember.config import ModelConfig
 from ember.engine.block_manager import BlockManager
+from ember.engine.scheduler import ScheduledBatch
 from ember.engine.sequence import Sequence, TokenLogprobs
 from ember.layers.attention import AttentionMetadata
+from ember.ops.attention import decode_num_splits, decode_workspace_numel
 from ember.ops.sampling import compute_logprobs
+
+# Decode batch sizes that get a CUDA graph: the small ones close together, then steps of 16.
+_SMALL_BUCKETS = (1, 2, 4, 8, 16, 24, 32)
+_BUCKET_STEP = 16
+# Larger decode batches run eagerly: each graph holds memory, and at this size the launch
+# overhead is a small share of the step.
+MAX_GRAPH_BATCH = 512
+
+
+def decode_graph_buckets(max_num_seqs: int) -> list[int]:
+    """Ascending batch sizes to capture: 1, 2, 4, 8, 16, 24, 32, 48, 64, ... up to
+    ``max_num_seqs`` (itself a bucket, so every decode batch has one up to MAX_GRAPH_BATCH)."""
+    cap = min(max_num_seqs, MAX_GRAPH_BATCH)
+    sizes = [*_SMALL_BUCKETS, *range(_SMALL_BUCKETS[-1] + _BUCKET_STEP, cap, _BUCKET_STEP)]
+    return [b for b in sizes if b < cap] + [cap]
+
+
+def pick_bucket(buckets: list[int], batch_size: int) -> int | None:
+    """The smallest of the ascending ``buckets`` that holds ``batch_size``; None if none does."""
+    i = bisect.bisect_left(buckets, batch_size)
+    return buckets[i] if i < len(buckets) else None
 
 
 class ModelRunner:
@@ -26,7 +55,10 @@ class ModelRunner:
         max_num_seqs: int,
         max_model_len: int,
         device: torch.device,
+        enforce_eager: bool = False,
     ):
+        """Call with the model's KV cache bound: on CUDA, unless ``enforce_eager``, this
+        captures the decode graphs."""
         self.model = model
         self.cfg = cfg
         self.block_manager = block_manager
@@ -41,6 +73,15 @@ class ModelRunner:
         self.decode_slots = torch.zeros(n, dtype=torch.int64, device=dev)
         self.decode_context_lens = torch.zeros(n, dtype=torch.int32, device=dev)
         self.decode_block_tables = torch.zeros(n, self.max_blocks_per_seq, dtype=torch.int32, device=dev)
+        # Decode steps of up to decode_buckets[-1] sequences run padded to a bucket: through
+        # its graph in decode_graphs, else eagerly. Both stay empty on CPU and with enforce_eager.
+        self.decode_buckets: list[int] = []
+        self.decode_graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.bucket_num_splits: dict[int, int] = {}  # decode attention splits at each bucket
+        self.decode_workspace: torch.Tensor | None = None  # decode attention scratch, all buckets
+        self.graph_logits: torch.Tensor | None = None  # fp32 [largest bucket, vocab], graphs' output
+        if device.type == "cuda" and not enforce_eager:
+            self.capture_decode_graphs(max_num_seqs)
 
     # ----- input preparation ---------------------------------------------------------------
     def _to_device(self, data, dtype) -> torch.Tensor:
@@ -50,43 +91,123 @@ class ModelRunner:
     def _block_tables(self, seqs: list[Sequence], width: int) -> list[list[int]]:
         return [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
 
-    def prepare_prefill(self, seqs: list[Sequence]):
+    def prepare_prefill(self, seqs: list[Sequence], num_new_tokens: list[int]):
+        """Flat inputs for the next ``num_new_tokens[i]`` uncached tokens of each sequence (a
+        prompt chunk, or one decode token); queries attend to everything cached before them.
+        Also returns each sequence's last row in the flat batch."""
         ids, positions, slots, cu = [], [], [], [0]
-        for s in seqs:
-            start = s.num_cached_tokens
-            ids.extend(s.token_ids[start:])
-            positions.extend(range(start, len(s)))
-            slots.extend(self.block_manager.slot(s, p) for p in range(start, len(s)))
-            cu.append(cu[-1] + len(s) - start)
+        for s, n in zip(seqs, num_new_tokens):
+            start, end = s.num_cached_tokens, s.num_cached_tokens + n
+            ids.extend(s.token_ids[start:end])
+            positions.extend(range(start, end))
+            slots.extend(self.block_manager.slot(s, p) for p in range(start, end))
+            cu.append(cu[-1] + n)
         width = max(len(s.block_table) for s in seqs)
         meta = AttentionMetadata(
             is_prefill=True,
             slot_mapping=self._to_device(slots, torch.int64),
-            context_lens=self._to_device([len(s) for s in seqs], torch.int32),
+            context_lens=self._to_device([s.num_cached_tokens + n for s, n in zip(seqs, num_new_tokens)], torch.int32),
             block_tables=self._to_device(self._block_tables(seqs, width), torch.int32),
             cu_seqlens_q=self._to_device(cu, torch.int32),
-            max_seqlen_q=max(cu[i + 1] - cu[i] for i in range(len(seqs))),
+            max_seqlen_q=max(num_new_tokens),
         )
-        logits_rows = self._to_device([c - 1 for c in cu[1:]], torch.int64)
-        return self._to_device(ids, torch.int64), self._to_device(positions, torch.int64), meta, logits_rows
+        last_rows = [c - 1 for c in cu[1:]]
+        return self._to_device(ids, torch.int64), self._to_device(positions, torch.int64), meta, last_rows
 
-    def prepare_decode(self, seqs: list[Sequence]):
+    def prepare_decode(self, seqs: list[Sequence], num_rows: int | None = None) -> None:
+        """Fill the first ``num_rows`` (default: one per sequence) rows of the decode buffers.
+
+        Rows past the sequences are padding: token 0 at position 0 with context length 0 and
+        slot -1, so they write no K/V and attend to nothing (the kernels return zeros).
+        """
         b = len(seqs)
+        n = b if num_rows is None else num_rows
         rows = [[s.token_ids[-1], len(s) - 1, self.block_manager.slot(s, len(s) - 1), len(s)] for s in seqs]
+        rows += [[0, 0, -1, 0]] * (n - b)
         host = self._to_device(rows, torch.int64)
-        self.decode_input_ids[:b].copy_(host[:, 0])
-        self.decode_positions[:b].copy_(host[:, 1])
-        self.decode_slots[:b].copy_(host[:, 2])
-        self.decode_context_lens[:b].copy_(host[:, 3])
-        tables = torch.tensor(self._block_tables(seqs, self.max_blocks_per_seq), dtype=torch.int32, pin_memory=self.pin)
-        self.decode_block_tables[:b].copy_(tables, non_blocking=True)
+        self.decode_input_ids[:n].copy_(host[:, 0])
+        self.decode_positions[:n].copy_(host[:, 1])
+        self.decode_slots[:n].copy_(host[:, 2])
+        self.decode_context_lens[:n].copy_(host[:, 3])
+        # Only the columns in use: entries past a row's context length are never read, so
+        # stale ones (and padding rows' tables) are harmless, and the host work stays small.
+        width = max(len(s.block_table) for s in seqs)
+        tables = torch.tensor(self._block_tables(seqs, width), dtype=torch.int32, pin_memory=self.pin)
+        self.decode_block_tables[:b, :width].copy_(tables, non_blocking=True)
+
+    # ----- decode: eager, padded to a bucket, or a captured graph ---------------------------
+    def _decode_forward(self, num_rows: int) -> torch.Tensor:
+        """Logits (model dtype) of the first ``num_rows`` rows of the decode buffers: the body
+        of a decode graph. Buckets use the preallocated attention workspace."""
+        num_splits = self.bucket_num_splits.get(num_rows)
         meta = AttentionMetadata(
             is_prefill=False,
-            slot_mapping=self.decode_slots[:b],
-            context_lens=self.decode_context_lens[:b],
-            block_tables=self.decode_block_tables[:b],
+            slot_mapping=self.decode_slots[:num_rows],
+            context_lens=self.decode_context_lens[:num_rows],
+            block_tables=self.decode_block_tables[:num_rows],
+            decode_workspace=self.decode_workspace if num_splits is not None else None,
+            decode_num_splits=num_splits,
         )
-        return self.decode_input_ids[:b], self.decode_positions[:b], meta
+        hidden = self.model(self.decode_input_ids[:num_rows], self.decode_positions[:num_rows], meta)
+        return self.model.compute_logits(hidden)
+
+    def _run_decode_padded(self, seqs: list[Sequence], bucket: int) -> torch.Tensor:
+        """fp32 logits [len(seqs), vocab] of a decode batch run as ``bucket`` rows: by replaying
+        the bucket's graph, or eagerly when it has none. Padding rows' logits are dropped."""
+        self.prepare_decode(seqs, num_rows=bucket)
+        graph = self.decode_graphs.get(bucket)
+        if graph is None:
+            return self._decode_forward(bucket)[: len(seqs)].float()
+        graph.replay()
+        return self.graph_logits[: len(seqs)]
+
+    def decode_logits(self, seqs: list[Sequence]) -> torch.Tensor:
+        """fp32 logits [len(seqs), vocab] for one decode token per sequence."""
+        bucket = pick_bucket(self.decode_buckets, len(seqs))
+        if bucket is not None:
+            return self._run_decode_padded(seqs, bucket)
+        self.prepare_decode(seqs)  # no buckets (CPU, enforce_eager) or past the largest one
+        return self._decode_forward(len(seqs)).float()
+
+    @torch.inference_mode()
+    def capture_decode_graphs(self, max_num_seqs: int) -> None:
+        """Capture one CUDA graph per bucket of ``decode_graph_buckets(max_num_seqs)``.
+
+        Each covers the decode forward and the fp32 logits copy into ``graph_logits``; the
+        attention splits are fixed per bucket and share one preallocated workspace, so a
+        replay allocates nothing. Graphs share one memory pool, largest captured first so the
+        smaller ones fit in what it already holds (replays never overlap).
+        """
+        if len({p.device for p in self.model.parameters()}) > 1:
+            return  # layers on several GPUs: one graph cannot follow them yet, so stay eager
+        cfg = self.cfg
+        buckets = decode_graph_buckets(max_num_seqs)
+        self.bucket_num_splits = {
+            b: decode_num_splits(b, cfg.num_key_value_heads, self.max_blocks_per_seq, self.block_size)
+            for b in buckets
+        }
+        numel = max(
+            decode_workspace_numel(b, cfg.num_attention_heads, cfg.head_dim, self.bucket_num_splits[b])
+            for b in buckets
+        )
+        self.decode_workspace = torch.empty(numel, dtype=torch.float32, device=self.device)
+        self.graph_logits = torch.empty(buckets[-1], cfg.vocab_size, dtype=torch.float32, device=self.device)
+        # Capture on all-padding inputs: nothing is written to the KV cache.
+        for buffer, value in ((self.decode_input_ids, 0), (self.decode_positions, 0), (self.decode_slots, -1),
+                              (self.decode_context_lens, 0), (self.decode_block_tables, 0)):
+            buffer.fill_(value)
+        pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.device(self.device):
+            for b in reversed(buckets):
+                # Warm-up outside the capture: Triton compiles this bucket's kernels, cuBLAS
+                # sets up its handle and workspace.
+                self.graph_logits[:b].copy_(self._decode_forward(b))
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.graph_logits[:b].copy_(self._decode_forward(b))
+                self.decode_graphs[b] = graph
+            torch.cuda.synchronize()
+        self.decode_buckets = buckets
 
     # ----- sampling ------------------------------------------------------------------------
     def _penalty_state(self, seqs: list[Sequence], vocab: int):
@@ -141,23 +262,29 @@ class ModelRunner:
 
     # ----- one step --------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, seqs: list[Sequence], is_prefill: bool) -> list[int]:
-        if is_prefill:
-            input_ids, positions, meta, rows = self.prepare_prefill(seqs)
-            hidden = self.model(input_ids, positions, meta)[rows]
-        else:
-            input_ids, positions, meta = self.prepare_decode(seqs)
+    def run(self, batch: ScheduledBatch) -> list[int]:
+        """One forward pass over ``batch``; returns the tokens of ``batch.sampling_seqs``.
+
+        Does not advance ``num_cached_tokens``: the scheduler does that after the step.
+        """
+        if batch.is_pure_decode:
+            seqs = batch.seqs
+            logits = self.decode_logits(seqs)
+        else:  # prompt chunks, possibly mixed with decode rows (q_len 1 over their context)
+            seqs = batch.sampling_seqs
+            input_ids, positions, meta, last_rows = self.prepare_prefill(batch.seqs, batch.num_new_tokens)
             hidden = self.model(input_ids, positions, meta)
-        logits = self.model.compute_logits(hidden).float()
-        tokens = self.sample(seqs, logits)
-        for s in seqs:
-            s.num_cached_tokens = len(s)
-        return tokens
+            if not seqs:  # only partial prompt chunks: no logits needed
+                return []
+            rows = [r for r, p in zip(last_rows, batch.produces_token) if p]
+            hidden = hidden[self._to_device(rows, torch.int64)]
+            logits = self.model.compute_logits(hidden).float()
+        return self.sample(seqs, logits)
 
     @torch.inference_mode()
     def prompt_logits(self, seqs: list[Sequence]) -> torch.Tensor:
         """Logits at every prompt position (for exactness tests); fills the cache like a prefill."""
-        input_ids, positions, meta, _ = self.prepare_prefill(seqs)
+        input_ids, positions, meta, _ = self.prepare_prefill(seqs, [len(s) - s.num_cached_tokens for s in seqs])
         logits = self.model.compute_logits(self.model(input_ids, positions, meta)).float()
         for s in seqs:
             s.num_cached_tokens = len(s)

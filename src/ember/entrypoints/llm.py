@@ -29,16 +29,19 @@ class LLM:
         seed: int = 0,
         gpu_memory_utilization: float = 0.9,
         max_num_seqs: int = 256,
-        max_num_batched_tokens: int = 16384,
+        max_num_batched_tokens: int | None = None,
         block_size: int = 16,
+        enable_prefix_caching: bool = True,
         progress: bool = True,
+        enforce_eager: bool = False,
     ):
         self.engine = LLMEngine(
             EngineArgs(
                 model=model, dtype=dtype, device=device, load_format=load_format,
                 max_model_len=max_model_len, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
                 max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
-                block_size=block_size, progress=progress,
+                block_size=block_size, enable_prefix_caching=enable_prefix_caching, progress=progress,
+                enforce_eager=enforce_eager,
             )
         )
         self.tokenizer = self.engine.tokenizer

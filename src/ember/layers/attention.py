@@ -21,7 +21,9 @@ class AttentionMetadata:
     ``slot_mapping[t]``: cache slot token t's K/V go to. ``context_lens[b]``: tokens of
     sequence b in the cache after this step. ``block_tables[b]``: its cache blocks.
     Prefill also carries ``cu_seqlens_q`` (prefix sums of new tokens per sequence) and
-    ``max_seqlen_q``; decode has exactly one new token per sequence.
+    ``max_seqlen_q``; decode has exactly one new token per sequence. Decode may bring a
+    preallocated ``decode_workspace`` and its ``decode_num_splits`` (see
+    ``ops.attention.decode_workspace_numel``) so that a captured step allocates nothing.
     """
 
     is_prefill: bool
@@ -30,6 +32,8 @@ class AttentionMetadata:
     block_tables: torch.Tensor
     cu_seqlens_q: torch.Tensor | None = None
     max_seqlen_q: int = 1
+    decode_workspace: torch.Tensor | None = None
+    decode_num_splits: int | None = None
 
     def to(self, device: torch.device) -> "AttentionMetadata":
         """The same metadata on another device (for layers placed on another GPU)."""
@@ -41,6 +45,8 @@ class AttentionMetadata:
             move(self.block_tables),
             move(self.cu_seqlens_q),
             self.max_seqlen_q,
+            None,  # a workspace serves one device; on the next, the op allocates its own per call
+            self.decode_num_splits,
         )
 
 
@@ -87,6 +93,7 @@ class PagedAttention(nn.Module):
             )
         else:
             out = ops.paged_decode_attention(
-                q, self.k_cache, self.v_cache, meta.block_tables, meta.context_lens, self.scale
+                q, self.k_cache, self.v_cache, meta.block_tables, meta.context_lens, self.scale,
+                workspace=meta.decode_workspace, num_splits=meta.decode_num_splits,
             )
         return out.reshape(tokens, self.num_heads * self.head_dim)

@@ -1,0 +1,111 @@
+"""Decode batches padded to a CUDA-graph bucket, checked on the CPU path.
+
+There are no graphs on the CPU, but the padded decode runs the same inputs eagerly: padding
+rows (context length 0, slot -1) must leave the real rows' logits and the KV cache alone.
+The graphs themselves are checked against eager decode in tests/gpu/test_cuda_graphs_gpu.py.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ember import LLM, SamplingParams
+from ember.cli.main import build_parser
+from ember.engine.llm_engine import EngineArgs
+from ember.engine.model_runner import MAX_GRAPH_BATCH, decode_graph_buckets, pick_bucket
+
+MAX_NUM_SEQS = 8
+# Mixed prompt lengths; different max_tokens make the decode batch shrink 5, 4, 3, 2, 1,
+# so it runs padded (5 -> 8, 3 -> 4) and exactly at a bucket (4, 2, 1).
+PROMPTS = [[1000 + 7 * i + j for j in range(n)] for i, n in enumerate([3, 17, 40, 9, 33])]
+PARAMS = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in (2, 4, 6, 8, 10)]
+
+
+@pytest.fixture(scope="module")
+def llm(tiny_checkpoint):
+    return LLM(str(tiny_checkpoint), dtype="float32", device="cpu", max_model_len=256,
+               max_num_seqs=MAX_NUM_SEQS, progress=False)
+
+
+def test_buckets():
+    assert decode_graph_buckets(256) == [1, 2, 4, 8, 16, 24, 32, *range(48, 257, 16)]
+    assert decode_graph_buckets(1) == [1]
+    assert decode_graph_buckets(3) == [1, 2, 3]  # capped, and max_num_seqs itself is one
+    assert decode_graph_buckets(40) == [1, 2, 4, 8, 16, 24, 32, 40]
+    assert decode_graph_buckets(48) == [1, 2, 4, 8, 16, 24, 32, 48]
+    assert decode_graph_buckets(10_000)[-2:] == [MAX_GRAPH_BATCH - 16, MAX_GRAPH_BATCH]
+
+
+def test_pick_bucket():
+    buckets = decode_graph_buckets(256)
+    picks = {b: pick_bucket(buckets, b) for b in (1, 2, 3, 5, 8, 9, 17, 25, 32, 33, 49, 255, 256)}
+    assert picks == {1: 1, 2: 2, 3: 4, 5: 8, 8: 8, 9: 16, 17: 24, 25: 32, 32: 32, 33: 48, 49: 64,
+                     255: 256, 256: 256}
+    assert pick_bucket(buckets, 257) is None  # past the largest bucket: eager
+    assert pick_bucket([], 1) is None  # no graphs at all
+
+
+def test_no_graphs_on_cpu_and_enforce_eager_plumbing(llm, tiny_checkpoint):
+    assert EngineArgs(model="x").enforce_eager is False
+    assert llm.engine.runner.decode_graphs == {} and llm.engine.runner.decode_buckets == []
+    eager = LLM(str(tiny_checkpoint), dtype="float32", device="cpu", max_model_len=64, max_num_seqs=2,
+                progress=False, enforce_eager=True)
+    assert eager.engine.args.enforce_eager and eager.engine.runner.decode_graphs == {}
+    assert build_parser().parse_args(["-m", "x", "--enforce-eager"]).enforce_eager is True
+    assert build_parser().parse_args(["-m", "x"]).enforce_eager is False
+
+
+def test_padded_decode_step_matches_unpadded(llm, monkeypatch):
+    """Every decode step of a generation runs padded and unpadded; logits, tokens and the
+    KV cache outside the batch's own slots must agree."""
+    runner = llm.engine.runner
+    buckets = decode_graph_buckets(MAX_NUM_SEQS)
+    unpadded_logits = runner.decode_logits
+    k_cache = llm.engine.model.model.layers[0].self_attn.attn.k_cache
+    checked = []
+
+    def padded_then_unpadded(seqs):
+        b = len(seqs)
+        bucket = pick_bucket(buckets, b)
+        cache_before = k_cache.clone()
+        padded = runner._run_decode_padded(seqs, bucket).clone()
+        assert runner.decode_context_lens[b:bucket].eq(0).all() and runner.decode_slots[b:bucket].eq(-1).all()
+        # Padding writes no K/V: only the batch's own slots changed.
+        written = torch.zeros(k_cache.shape[0] * k_cache.shape[1], dtype=torch.bool)
+        written[runner.decode_slots[:b]] = True
+        changed = (k_cache != cache_before).flatten(2).any(-1).flatten()
+        assert not (changed & ~written).any()
+        logits = unpadded_logits(seqs)  # written last, so the generation goes on exactly as eager
+        assert padded.shape == logits.shape
+        # Bit-exact only where the CPU GEMM picks the same kernel for both row counts (it
+        # differs e.g. for 2 vs 4 rows); fp32 rounding is the only difference allowed.
+        torch.testing.assert_close(padded, logits, rtol=1e-5, atol=1e-5)
+        assert torch.equal(padded.argmax(-1), logits.argmax(-1))
+        checked.append((b, bucket))
+        return logits
+
+    want = [o.token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
+    monkeypatch.setattr(runner, "decode_logits", padded_then_unpadded)
+    got = [o.token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
+    assert got == want
+    assert {(5, 8), (4, 4), (3, 4), (2, 2), (1, 1)} <= set(checked)
+
+
+def test_generation_through_buckets_matches_eager(llm, monkeypatch):
+    """With buckets set (as after graph capture, minus the graphs), every decode step runs
+    padded through the run() dispatch; the tokens are those of the unpadded eager run."""
+    runner = llm.engine.runner
+    want = [o.token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
+    padded_batches = []
+    run_padded = runner._run_decode_padded
+
+    def record(seqs, bucket):
+        padded_batches.append((len(seqs), bucket))
+        return run_padded(seqs, bucket)
+
+    monkeypatch.setattr(runner, "decode_buckets", decode_graph_buckets(MAX_NUM_SEQS))
+    monkeypatch.setattr(runner, "_run_decode_padded", record)
+    got = [o.token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
+    assert got == want
+    assert (5, 8) in padded_batches and (3, 4) in padded_batches

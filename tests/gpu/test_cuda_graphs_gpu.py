@@ -1,0 +1,118 @@
+"""CUDA-graph decode against eager decode on a Qwen3-0.6B-shaped dummy model.
+
+Same weights (dummy init, same seed), same requests: greedy tokens must be identical for
+batch sizes that sit exactly on a bucket (1, 8, 32) and one that runs padded (3 -> 4), with
+mixed prompt lengths, in float32 and bfloat16. Results also go to EMBER_GPU_REPORT.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from ember import LLM, SamplingParams
+from ember.tools.random_checkpoint import QWEN3_SHAPES, qwen3_config
+
+pytestmark = pytest.mark.gpu
+
+TOKENIZER_DIR = Path(__file__).parents[1] / "data" / "qwen3-tokenizer"
+REPORT = Path(os.environ.get("EMBER_GPU_REPORT", "/tmp/ember_gpu_report.jsonl"))
+BATCH_SIZES = [1, 3, 8, 32]
+MAX_NUM_SEQS = 32
+GREEDY = SamplingParams(temperature=0, max_tokens=24, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("qwen3-0.6B-shape")
+    (folder / "config.json").write_text(json.dumps(qwen3_config(**QWEN3_SHAPES["0.6B"])))
+    for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        shutil.copy(TOKENIZER_DIR / name, folder / name)
+    return folder
+
+
+def make_llm(folder: Path, dtype: str, **kwargs) -> LLM:
+    return LLM(str(folder), dtype=dtype, device="cuda", load_format="dummy", seed=0, max_model_len=512,
+               max_num_seqs=MAX_NUM_SEQS, progress=False, **kwargs)
+
+
+def prompts(batch_size: int) -> list[list[int]]:
+    """Prompts of 5 to ~180 tokens, different in every batch."""
+    return [[1000 + (97 * batch_size + 31 * i + 7 * j) % 100_000 for j in range(5 + (53 * i) % 180)]
+            for i in range(batch_size)]
+
+
+def generate_all(llm: LLM) -> dict[int, list[list[int]]]:
+    return {b: [o.token_ids for o in llm.generate(prompts(b), GREEDY, use_tqdm=False)] for b in BATCH_SIZES}
+
+
+def free_gpu():
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_graph_decode_matches_eager(model_dir, dtype):
+    eager = make_llm(model_dir, dtype, enforce_eager=True)
+    assert eager.engine.runner.decode_graphs == {}
+    want = generate_all(eager)
+    del eager
+    free_gpu()
+
+    llm = make_llm(model_dir, dtype)
+    runner = llm.engine.runner
+    assert sorted(runner.decode_graphs) == [1, 2, 4, 8, 16, 24, 32]
+    replayed = []
+    run_padded = runner._run_decode_padded
+
+    def record(seqs, bucket):
+        replayed.append((len(seqs), bucket))
+        return run_padded(seqs, bucket)
+
+    runner._run_decode_padded = record
+    got = generate_all(llm)
+    del llm
+    free_gpu()
+
+    same = {b: sum(g == w for g, w in zip(got[b], want[b])) for b in BATCH_SIZES}
+    with REPORT.open("a") as f:
+        f.write(json.dumps(dict(test="cuda_graph_vs_eager", dtype=dtype, identical_seqs=same,
+                                batch_sizes=BATCH_SIZES)) + "\n")
+    assert {(1, 1), (3, 4), (8, 8), (32, 32)} <= set(replayed)
+    for b in BATCH_SIZES:
+        assert got[b] == want[b], f"batch {b}: {same[b]}/{b} sequences identical"
+
+
+def test_graph_decode_step_syncs_once(model_dir):
+    """A decode step waits on the device once: for the sampled tokens."""
+    llm = make_llm(model_dir, "bfloat16")
+    engine = llm.engine
+    for p in prompts(3):
+        engine.add_request(p, GREEDY)
+    engine.step()  # prefill
+    engine.step()  # first decode step (warm)
+    torch.cuda.synchronize()
+
+    def syncs_during(fn):
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return result, [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+
+    _, one_tolist = syncs_during(lambda: torch.zeros(3, device="cuda").tolist())
+    outputs, syncs = syncs_during(engine.step)
+    assert len(outputs) == 3 and len(one_tolist) >= 1
+    assert len(syncs) <= len(one_tolist), syncs
+    while engine.has_unfinished():
+        engine.step()
