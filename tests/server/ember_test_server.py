@@ -9,7 +9,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-import httpx2 as httpx  # the HTTP client the openai package ships with
+try:  # the HTTP client the openai package ships with: httpx2 in new releases, httpx before
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover - depends on the installed openai
+    import httpx
 import uvicorn
 
 from ember import LLM

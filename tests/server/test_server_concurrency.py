@@ -8,7 +8,7 @@ import time
 import openai
 import pytest
 
-import httpx2 as httpx
+from ember_test_server import httpx
 
 NUM_CLIENTS = 32
 MAX_TOKENS = 8

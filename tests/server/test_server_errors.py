@@ -7,7 +7,7 @@ import json
 import openai
 import pytest
 
-import httpx2 as httpx
+from ember_test_server import httpx
 from ember_test_server import MAX_BODY_BYTES, MAX_MODEL_LEN, scripted_llm, serve
 
 CHAT = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}

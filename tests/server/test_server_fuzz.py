@@ -13,7 +13,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, Phase, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-import httpx2 as httpx  # noqa: E402
+from ember_test_server import httpx  # noqa: E402
 from ember_test_server import serve, tiny_llm  # noqa: E402
 
 MAX_N = 4

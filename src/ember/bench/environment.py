@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+import ember
+
 NVIDIA_SMI_FIELDS = {
     "name": "gpu_name_smi",
     "driver_version": "driver",
@@ -62,7 +64,7 @@ def environment(device: torch.device) -> dict:
         "torch": torch.__version__,
         "triton": package_version("triton"),
         "transformers": package_version("transformers"),
-        "ember": package_version("ember"),
+        "ember": ember.__version__,  # also right when run from a source tree (PYTHONPATH=src)
         "python": platform.python_version(),
         "cpu": platform.processor() or platform.machine(),
         "peak_memory_source": "torch.cuda.max_memory_allocated" if on_gpu else "process peak RSS",

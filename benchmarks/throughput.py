@@ -1,0 +1,238 @@
+"""Offline throughput on nano-vllm's published workload, optionally against HF transformers.
+
+The workload (nano-vllm's bench.py): 256 requests whose prompt and output lengths are each drawn
+uniformly from [100, 1024], random prompt token ids, ``ignore_eos`` so every request generates
+exactly its drawn length, all submitted at once. Ember runs them through ``LLM.generate``, i.e.
+the continuous-batching scheduler, so this measures the scheduler and the kernels together.
+
+    python benchmarks/throughput.py -m ./Qwen3-0.6B --load-format dummy --compare hf
+    python benchmarks/throughput.py -m ./tiny --small --out /tmp/tp        # CI size
+
+Writes throughput.json and throughput.md to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ember import LLM, SamplingParams
+from ember.bench import report
+from ember.bench.ember_runner import kv_cache_info
+from ember.bench.environment import default_out_dir, environment, today
+from ember.bench.run import shared_random_weights, weights_source
+from ember.bench.stats import now, peak_memory_bytes, reset_peak_memory
+from ember.config import ModelConfig, parse_dtype
+from ember.engine.llm_engine import pick_device
+from ember.loader.model_path import resolve_model_path
+
+SCHEMA_VERSION = 1
+TOKEN_ID_BOUND = 10_000  # nano-vllm draws prompt ids below 10k: all real tokens in Qwen3's vocabulary
+NANO_VLLM_TEMPERATURE = 0.6  # what nano-vllm's bench.py samples with
+SMALL = dict(num_requests=8, min_len=4, max_len=16)  # --small: what CI runs
+
+
+def log(message: str) -> None:
+    print(f"throughput: {message}", file=sys.stderr, flush=True)
+
+
+def workload(num_requests: int, min_len: int, max_len: int, seed: int) -> tuple[list[list[int]], list[int]]:
+    """(prompts as token ids, output lengths), drawn in nano-vllm's order: every prompt first,
+    then every output length, from one seeded generator."""
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(num_requests):
+        ids = [rng.randrange(TOKEN_ID_BOUND) for _ in range(rng.randint(min_len, max_len))]
+        if not any(ids):  # an all-zero prompt is degenerate (a padding-like input); never give one
+            ids[0] = 1
+        prompts.append(ids)
+    out_lens = [rng.randint(min_len, max_len) for _ in range(num_requests)]
+    return prompts, out_lens
+
+
+def figures(elapsed_s: float, prompt_tokens: int, output_tokens: int) -> dict:
+    return {"elapsed_s": elapsed_s, "prompt_tokens": prompt_tokens, "output_tokens": output_tokens,
+            "output_tok_s": output_tokens / elapsed_s, "total_tok_s": (prompt_tokens + output_tokens) / elapsed_s}
+
+
+# ----- Ember ------------------------------------------------------------------------------------
+
+def run_ember(path: str, args, load_format: str, device: torch.device, prompts, out_lens) -> dict:
+    max_len = max(len(p) for p in prompts) + max(out_lens)
+    llm = LLM(path, dtype=args.dtype, device=str(device), load_format=load_format, max_model_len=max_len,
+              max_num_seqs=args.max_num_seqs, seed=args.seed, progress=False)
+    # Warm-up on a short request, as nano-vllm does: Triton compiles before the clock starts.
+    llm.generate([prompts[0][:8]], SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True), use_tqdm=False)
+    params = [SamplingParams(temperature=args.temperature, max_tokens=n, ignore_eos=True, seed=args.seed + i)
+              for i, n in enumerate(out_lens)]
+    engine = llm.engine
+    preemptions = engine.scheduler.num_preemptions
+    reset_peak_memory(device)
+    start = now(device)
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = now(device) - start
+    generated = [len(o.outputs[0].token_ids) for o in outs]
+    if generated != out_lens:  # ignore_eos: anything else means the run did not do the workload
+        raise RuntimeError(f"Ember generated {sum(generated)} tokens, expected {sum(out_lens)}")
+    result = {
+        **figures(elapsed, sum(map(len, prompts)), sum(generated)),
+        "preemptions": engine.scheduler.num_preemptions - preemptions,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "engine": kv_cache_info(llm),
+    }
+    del llm, engine
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the HF run gets the memory back
+    return result
+
+
+# ----- HF transformers ----------------------------------------------------------------------------
+
+def run_hf(path: Path, dtype: torch.dtype, device: torch.device, prompts, out_lens, batch_size: int,
+           temperature: float) -> dict:
+    """HF ``generate`` in fixed batches of the requests in order, left-padded. One generate call
+    has one length, so each batch runs to its longest drawn output (min_new_tokens = max_new_tokens):
+    that padding work is HF's real cost on this workload, but only the drawn tokens count as output."""
+    from ember.bench.hf_runner import load_hf_model
+
+    model = load_hf_model(path, dtype, device)
+    pad = model.config.eos_token_id if isinstance(model.config.eos_token_id, int) else 0
+    sampling = (dict(do_sample=True, temperature=temperature) if temperature > 0
+                else dict(do_sample=False, temperature=None))
+
+    def one_batch(ps: list[list[int]], n: int) -> int:
+        width = max(map(len, ps))
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in ps], device=device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps], device=device)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, min_new_tokens=n, max_new_tokens=n,
+                                 top_p=None, top_k=None, pad_token_id=pad, **sampling)
+        return (out.shape[1] - width) * len(ps)
+
+    one_batch([prompts[0][:8]], 4)  # warm-up
+    reset_peak_memory(device)
+    start, computed = now(device), 0
+    for i in range(0, len(prompts), batch_size):
+        computed += one_batch(prompts[i:i + batch_size], max(out_lens[i:i + batch_size]))
+    elapsed = now(device) - start
+    del model
+    gc.collect()
+    return {
+        **figures(elapsed, sum(map(len, prompts)), sum(out_lens)),
+        "generated_tokens_incl_batch_padding": computed,
+        "peak_memory_bytes": peak_memory_bytes(device),
+        "how": (f"transformers Qwen3ForCausalLM.generate, eager, dynamic cache; batches of {batch_size} requests "
+                "in order, left-padded with attention mask; each batch runs min_new_tokens = max_new_tokens = its "
+                "longest drawn output; output tok/s counts only the drawn lengths; "
+                + (f"sampling at temperature {temperature}" if temperature > 0 else "greedy")),
+    }
+
+
+# ----- report -----------------------------------------------------------------------------------
+
+def markdown(r: dict) -> str:
+    env, w = r["environment"], r["workload"]
+    rows = [[name, report.number(f["elapsed_s"], 2), report.number(f["output_tok_s"]), report.number(f["total_tok_s"]),
+             report.number(f["peak_memory_bytes"] / report.GiB, 2)]
+            for name, f in (("Ember", r["ember"]), ("HF transformers", r["hf"])) if f]
+    parts = [
+        f"# Offline throughput: {r['model']['name']} on {env['gpu_name']}",
+        f"{r['date']} · `{r['command']}`",
+        f"- **Software:** torch {env['torch']}, triton {env['triton']}, transformers {env['transformers'] or '–'}, "
+        f"ember {env['ember']}; driver {env['driver'] or '–'}, CUDA {env['cuda'] or '–'}",
+        f"- **Workload:** {w['num_requests']} requests, prompt and output lengths uniform in [{w['min_len']}, "
+        f"{w['max_len']}] (seed {w['seed']}): {w['prompt_tokens']:,} prompt + {w['output_tokens']:,} output tokens, "
+        f"ignore_eos, temperature {w['temperature']}, all submitted at once",
+        f"- **Model:** {r['model']['dtype']}, weights {r['model']['weights']}; Ember preemptions: "
+        f"{r['ember']['preemptions']}",
+        "",
+        report._md_table(["engine", "elapsed s", "output tok/s", "total tok/s", "peak mem GiB"], rows),
+    ]
+    if r["hf"]:
+        parts += ["", f"Ember ÷ HF output tok/s: {report.times(r['ember_over_hf'])}. HF: {r['hf']['how']}."]
+    return "\n".join(parts) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-m", "--model", required=True, help="local Hugging Face folder or hub id")
+    p.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
+    p.add_argument("--num-requests", type=int, default=256)
+    p.add_argument("--min-len", type=int, default=100, help="shortest prompt and output (inclusive)")
+    p.add_argument("--max-len", type=int, default=1024, help="longest prompt and output (inclusive)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the workload, the sampling and dummy weights")
+    p.add_argument("--temperature", type=float, default=NANO_VLLM_TEMPERATURE, help="0 = greedy (default: %(default)s, nano-vllm's)")
+    p.add_argument("--max-num-seqs", type=int, default=256, help="Ember's running-batch limit")
+    p.add_argument("--compare", choices=["hf"], help="also run HF transformers on the same weights")
+    p.add_argument("--hf-batch-size", type=int, default=32)
+    p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda:N")
+    p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<date>-<gpu>-<model>-throughput/)")
+    p.add_argument("--small", action="store_true", help="CI size: 8 requests, lengths in [4, 16]")
+    return p
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    if args.small:
+        for key, value in SMALL.items():
+            setattr(args, key, value)
+    if not 1 <= args.min_len <= args.max_len or args.num_requests < 1:
+        raise SystemExit("throughput: need 1 <= --min-len <= --max-len and --num-requests >= 1")
+    device = pick_device(args.device)
+    model_path = resolve_model_path(args.model)
+    dtype = parse_dtype(args.dtype, default=ModelConfig.from_folder(model_path).torch_dtype)
+    env = environment(device)
+    prompts, out_lens = workload(args.num_requests, args.min_len, args.max_len, args.seed)
+
+    with tempfile.TemporaryDirectory(prefix="ember-throughput-") as scratch:
+        load_path, load_format = model_path, args.load_format
+        if args.compare == "hf" and load_format == "dummy":
+            log("writing one random checkpoint that Ember and HF both load")
+            load_path, load_format = shared_random_weights(model_path, dtype, device, args.seed, Path(scratch)), "auto"
+        log(f"Ember: {len(prompts)} requests, {sum(out_lens):,} output tokens")
+        ember = run_ember(str(load_path), args, load_format, device, prompts, out_lens)
+        log(f"Ember: {ember['output_tok_s']:,.0f} output tok/s, {ember['elapsed_s']:.2f} s")
+        hf = None
+        if args.compare == "hf":
+            log(f"HF transformers: batches of {args.hf_batch_size}")
+            hf = run_hf(load_path, dtype, device, prompts, out_lens, args.hf_batch_size, args.temperature)
+            log(f"HF: {hf['output_tok_s']:,.0f} output tok/s, {hf['elapsed_s']:.2f} s")
+
+    result = {
+        "schema_version": SCHEMA_VERSION,
+        "date": today(),
+        "command": shlex.join(["python", "benchmarks/throughput.py", *argv]),
+        "environment": env,
+        "model": {"name": args.model, "path": str(model_path), "load_format": args.load_format,
+                  "weights": weights_source(args.load_format, load_format), "dtype": str(dtype).removeprefix("torch.")},
+        "workload": {"source": "nano-vllm bench.py", "num_requests": args.num_requests, "min_len": args.min_len,
+                     "max_len": args.max_len, "seed": args.seed, "temperature": args.temperature,
+                     "ignore_eos": True, "token_id_bound": TOKEN_ID_BOUND,
+                     "prompt_tokens": sum(map(len, prompts)), "output_tokens": sum(out_lens)},
+        "ember": ember,
+        "hf": hf,
+        "ember_over_hf": ember["output_tok_s"] / hf["output_tok_s"] if hf else None,
+    }
+    out = args.out or Path(f"{default_out_dir(env['gpu_name'], args.model)}-throughput")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps(report.finite(result), indent=2, allow_nan=False) + "\n")
+    (out / "throughput.md").write_text(markdown(result))
+    print(markdown(result))
+    log(f"wrote {out / 'throughput.json'}, {out / 'throughput.md'}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

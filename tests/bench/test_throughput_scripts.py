@@ -1,0 +1,79 @@
+"""benchmarks/throughput.py and benchmarks/serve_load.py end to end on the tiny checkpoint (CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).parents[2] / "benchmarks"
+
+
+def load_script(name: str):
+    """The scripts live outside the package, so import them by path."""
+    spec = importlib.util.spec_from_file_location(f"bench_script_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_workload_is_seeded_and_in_range():
+    tp = load_script("throughput")
+    prompts, out_lens = tp.workload(256, 100, 1024, 0)
+    assert (prompts, out_lens) == tp.workload(256, 100, 1024, 0)
+    assert len(prompts) == len(out_lens) == 256
+    assert all(100 <= len(p) <= 1024 and any(p) and 0 <= min(p) and max(p) < 10_000 for p in prompts)
+    assert all(100 <= n <= 1024 for n in out_lens)
+
+
+def test_throughput_small_with_hf(tiny_checkpoint, tmp_path):
+    tp = load_script("throughput")
+    # Greedy keeps the CPU run short (sampling runs its kernel in Triton's interpreter).
+    tp.main(["-m", str(tiny_checkpoint), "--load-format", "dummy", "--small", "--temperature", "0",
+             "--compare", "hf", "--device", "cpu", "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "throughput.json").read_text())
+    assert set(r) == {"schema_version", "date", "command", "environment", "model", "workload", "ember", "hf",
+                      "ember_over_hf"}
+    w = r["workload"]
+    assert (w["num_requests"], w["min_len"], w["max_len"], w["ignore_eos"]) == (8, 4, 16, True)
+    assert r["model"]["weights"].startswith("random checkpoint written once")
+    assert r["environment"]["gpu_name"] == "cpu" and r["environment"]["transformers"]
+    for engine in ("ember", "hf"):
+        f = r[engine]
+        assert f["output_tokens"] == w["output_tokens"] and f["prompt_tokens"] == w["prompt_tokens"]
+        for key in ("elapsed_s", "output_tok_s", "total_tok_s"):
+            assert positive(f[key]), (engine, key)
+        assert f["total_tok_s"] > f["output_tok_s"]
+    assert r["ember"]["preemptions"] == 0 and r["ember"]["engine"]["max_num_seqs"] == 256
+    assert r["hf"]["generated_tokens_incl_batch_padding"] >= w["output_tokens"] and "left-padded" in r["hf"]["how"]
+    assert positive(r["ember_over_hf"])
+    assert "| Ember |" in (tmp_path / "throughput.md").read_text()
+
+
+def test_serve_load_small(tiny_checkpoint, tmp_path):
+    sl = load_script("serve_load")
+    sl.main(["-m", str(tiny_checkpoint), "--device", "cpu", "--concurrency", "1,4", "--num-requests", "4",
+             "--max-tokens", "4", "--prompt-len", "16", "--max-seconds", "30", "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "serve_load.json").read_text())
+    assert set(r) == {"schema_version", "date", "command", "environment", "model", "server", "settings", "levels"}
+    assert r["server"]["url"].startswith("http://127.0.0.1:") and r["server"]["how"].startswith("ember serve ")
+    assert [lv["concurrency"] for lv in r["levels"]] == [1, 4]
+    for lv in r["levels"]:
+        assert (lv["requests"], lv["completed"], lv["errors"]) == (4, 4, 0), lv["first_error"]
+        assert lv["output_tokens"] == 4 * 4 and positive(lv["output_tok_s"])
+        for key in ("ttft_ms", "tpot_ms", "latency_ms"):
+            d = lv[key]
+            assert d["n"] == 4 and positive(d["p50"]) and d["p50"] <= d["p99"], key
+
+
+def test_serve_load_refuses_non_loopback_url():
+    sl = load_script("serve_load")
+    with pytest.raises(SystemExit, match="loopback"):
+        sl.main(["-m", "x", "--url", "http://10.0.0.1:8000"])
