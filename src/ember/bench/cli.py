@@ -11,6 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ember.cli.main import run_guarded
 from ember.errors import EmberError
 
 # Named size presets; explicit flags override them. "small" is what CI runs.
@@ -81,21 +82,14 @@ def resolve_settings(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
-    try:
+
+    def body():
         from ember.bench.run import run_bench
 
         with tempfile.TemporaryDirectory(prefix="ember-bench-") as scratch:
             run_bench(args, resolve_settings(args), argv, Path(scratch))
-        return 0
-    except EmberError as exc:
-        if args.verbose:
-            raise
-        print(f"ember bench: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("", file=sys.stderr)
-        return 130
 
+    return run_guarded("ember bench", args.verbose, body)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -101,6 +101,22 @@ def run_prompt(llm, args) -> None:
     )
 
 
+def run_guarded(prog: str, verbose: bool, body) -> int:
+    """Run ``body()``; an EmberError becomes one ``prog: error:`` line and exit 1 (a traceback
+    with ``verbose``), Ctrl-C exits 130."""
+    try:
+        body()
+        return 0
+    except EmberError as exc:
+        if verbose:
+            raise
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+        return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "bench":  # `ember bench ...` has its own flags
@@ -112,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_main(argv[1:])
     args = build_parser().parse_args(argv)
-    try:
+
+    def body():
         if args.n_predict < 1:
             raise EmberError(f"-n/--n-predict must be >= 1, got {args.n_predict}")
         if args.ctx_size < 0:
@@ -122,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         llm = LLM(
             args.model, dtype=args.dtype, device=device_from_flag(args.devices), load_format=args.load_format,
             max_model_len=args.ctx_size or None, gpu_memory_utilization=args.gpu_memory_utilization,
-            max_num_seqs=1 if not args.interactive else 1, progress=args.verbose or sys.stderr.isatty(),
-            enforce_eager=args.enforce_eager,
+            max_num_seqs=1, progress=args.verbose or sys.stderr.isatty(), enforce_eager=args.enforce_eager,
         )
         if args.interactive:
             from ember.cli.chat import run_chat
@@ -131,16 +147,8 @@ def main(argv: list[str] | None = None) -> int:
             run_chat(llm, args)
         else:
             run_prompt(llm, args)
-        return 0
-    except EmberError as exc:
-        if args.verbose:
-            raise
-        print(f"ember: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("", file=sys.stderr)
-        return 130
 
+    return run_guarded("ember", args.verbose, body)
 
 if __name__ == "__main__":
     sys.exit(main())
