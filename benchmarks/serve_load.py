@@ -36,7 +36,6 @@ from openai import AsyncOpenAI
 
 from ember.bench import report
 from ember.bench.environment import default_out_dir, environment, today
-from ember.bench.stats import summarize
 
 SCHEMA_VERSION = 1
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
 
 import pytest
-from kernel_check import DEVICE, DTYPES, ROUNDS_TO_NEAREST
+from kernel_check import DEVICE, DTYPES
 from kernel_check import assert_kernel_close as check
 from transformers import Qwen3Config
 from transformers.models.qwen3.modeling_qwen3 import Qwen3MLP

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from ember.errors import TokenizerError
-from ember.tokenizer import ChatTemplate, Tokenizer
+from ember.tokenizer import ChatTemplate
 
 FOLDER = Path(__file__).resolve().parents[1] / "data" / "qwen3-tokenizer"
 
