@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda:N or cpu (default: the first GPU, else cpu)")
     p.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--max-num-batched-tokens", type=int, default=None,
+                   help="tokens per step: decodes first, then prefill chunks (default: 8192 on GPU, 2048 on CPU)")
+    p.add_argument("--no-prefix-caching", dest="prefix_caching", action="store_false",
+                   help="recompute shared prompt prefixes instead of reusing their KV blocks")
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger bodies get 413")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -52,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         llm = LLM(args.model, dtype=args.dtype, device=args.device, load_format=args.load_format,
                   max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-                  gpu_memory_utilization=args.gpu_memory_utilization, progress=sys.stderr.isatty())
+                  gpu_memory_utilization=args.gpu_memory_utilization, progress=sys.stderr.isatty(),
+                  max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=args.prefix_caching,
+                  enforce_eager=args.enforce_eager)
     except EmberError as exc:
         print(f"ember serve: error: {exc}", file=sys.stderr)
         return 1
