@@ -2,15 +2,12 @@
 shows half a character, and stops exactly at stop strings, wherever the token boundaries fall."""
 
 import random
-from pathlib import Path
 
 import pytest
 
 from ember.errors import InvalidRequestError
-from ember.tokenizer import IncrementalDetokenizer, Tokenizer
+from ember.tokenizer import IncrementalDetokenizer
 from ember.tokenizer import detokenizer as detokenizer_module
-
-FOLDER = Path(__file__).resolve().parents[1] / "data" / "qwen3-tokenizer"
 
 TEXTS = [
     "Hello, world! How are you today?",
@@ -24,11 +21,6 @@ TEXTS = [
     "Hi<|im_end|><|endoftext|>",
     "real replacement chars \ufffd\ufffd in text \ufffd",
 ]
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return Tokenizer.from_pretrained(FOLDER)
 
 
 def byte_token_ids(tok):
