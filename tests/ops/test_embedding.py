@@ -3,12 +3,10 @@
 Kernels run on CUDA when there is a GPU, else on CPU tensors in the Triton interpreter.
 """
 
-import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+# tests/conftest.py sets TRITON_INTERPRET=1 without a GPU, before ember.ops is imported.
 
 import pytest
 

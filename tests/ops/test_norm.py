@@ -7,12 +7,10 @@ differ at all, which checks that the kernel rounds where HF does; bf16 likewise 
 but 4 ulp (rtol 2**-5) in the interpreter, which truncates fp32 -> bf16 casts instead of rounding.
 """
 
-import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+# tests/conftest.py sets TRITON_INTERPRET=1 without a GPU, before ember.ops is imported.
 
 import pytest
 from kernel_check import DEVICE, DTYPES, ROUNDS_TO_NEAREST

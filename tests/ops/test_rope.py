@@ -9,12 +9,10 @@ with under 1% of elements differing at all (the kernel rounds where HF does); bf
 rounding. v is copied, so the v cache must match exactly.
 """
 
-import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+# tests/conftest.py sets TRITON_INTERPRET=1 without a GPU, before ember.ops is imported.
 
 import pytest
 from transformers import Qwen3Config

@@ -6,12 +6,10 @@ ulp). Random normal logits put such a coincidence at ~1e-6 per row, so token-for
 is asserted; exact ties are built in on purpose, since both sides keep every tied token.
 """
 
-import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+# tests/conftest.py sets TRITON_INTERPRET=1 without a GPU, before ember.ops is imported.
 
 import itertools
 
