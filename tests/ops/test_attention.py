@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from ember.ops import attention
 from ember.ops.attention import (
+    decode_counters_numel,
     decode_num_splits,
     decode_workspace_numel,
     paged_decode_attention,
@@ -66,6 +67,15 @@ def make_decode(ctx_lens, num_q_heads, num_kv_heads, head_dim, dtype, block_size
     q = torch.randn(len(ctx_lens), num_q_heads, head_dim, generator=gen).to(dtype).to(DEVICE)
     ctx = torch.tensor(ctx_lens, dtype=torch.int32, device=DEVICE)
     return (q, k_cache, v_cache, block_tables, ctx, head_dim**-0.5), dense
+
+
+def make_scratch(batch_size, num_q_heads, num_kv_heads, head_dim, num_splits, pad=0):
+    """A NaN-poisoned decode workspace and zeroed counters, as the model runner preallocates them
+    (``pad`` elements larger: a runner sizes them for its largest bucket)."""
+    numel = decode_workspace_numel(batch_size, num_q_heads, head_dim, num_splits) + pad
+    workspace = torch.full((numel,), float("nan"), device=DEVICE)
+    counters = torch.zeros(decode_counters_numel(batch_size, num_kv_heads) + pad, dtype=torch.int32, device=DEVICE)
+    return workspace, counters
 
 
 def assert_close(out, ref, dtype):
@@ -168,10 +178,61 @@ def test_decode_kernel_head_dim_128_default_splits():
 def test_decode_kernel_preallocated_workspace_and_empty_sequence(num_splits):
     # context_len 0 (e.g. a padded CUDA-graph slot) gives zeros; a NaN-poisoned, oversized workspace is fine.
     args, _ = make_decode([0, 40], 4, 2, 32, torch.float32, block_size=8, seed=17)
-    workspace = torch.full((decode_workspace_numel(2, 4, 32, num_splits) + 100,), float("nan"), device=DEVICE)
-    out = paged_decode_attention_triton(*args, workspace=workspace, num_splits=num_splits)
+    workspace, counters = make_scratch(2, 4, 2, 32, num_splits, pad=100)
+    out = paged_decode_attention_triton(*args, workspace=workspace, num_splits=num_splits, counters=counters)
     assert_close(out, paged_decode_attention_reference(*args), torch.float32)
     assert (out[0] == 0).all()
+    assert (counters == 0).all()
+
+
+@pytest.mark.parametrize("num_splits", [1, 4, 16])
+def test_decode_kernel_mixed_lengths_mostly_empty_splits(num_splits):
+    # Padding rows (length 0) among contexts far shorter than the split range: with 16 splits,
+    # length 5 fills one split of 64 keys and 300 fills five; the empty splits must still be
+    # counted, or no program of the group would merge it. Length 1000 fills all 16.
+    ctx_lens = [0, 1, 5, 64, 65, 0, 300, 1000]
+    args, _ = make_decode(ctx_lens, 4, 2, 32, torch.float32, block_size=16, seed=31)
+    workspace, counters = make_scratch(len(ctx_lens), 4, 2, 32, num_splits)
+    out = paged_decode_attention_triton(*args, workspace=workspace, num_splits=num_splits, counters=counters)
+    assert_close(out, paged_decode_attention_reference(*args), torch.float32)
+    assert (out[0] == 0).all() and (out[5] == 0).all()
+    assert (counters == 0).all()
+
+
+@pytest.mark.parametrize("merge_elems", [64, 192])
+def test_decode_kernel_merge_in_several_steps(monkeypatch, merge_elems):
+    # Realistic head_dim and group sizes merge up to 64 splits in several steps; force that at test
+    # sizes: 1 split (64 elements) or 2 (192 -> rounded down to a power of two) per step.
+    monkeypatch.setattr(attention, "DECODE_MERGE_ELEMS", merge_elems)
+    args, _ = make_decode([1000, 0, 130, 7], 4, 2, 32, torch.float32, block_size=16, seed=33)
+    workspace, counters = make_scratch(4, 4, 2, 32, 16)
+    out = paged_decode_attention_triton(*args, workspace=workspace, num_splits=16, counters=counters)
+    assert_close(out, paged_decode_attention_reference(*args), torch.float32)
+    assert (counters == 0).all()
+
+
+@pytest.mark.parametrize("num_splits", [1, 2, 8])
+def test_decode_kernel_repeated_calls_share_workspace_and_counters(num_splits):
+    # As in captured decode steps: every layer, then every replay (and every bucket) reuses one
+    # workspace and one set of counters, with new lengths, tables and q. Each launch must leave
+    # the counters at zero, or the next one would merge too early or never.
+    workspace, counters = make_scratch(4, 8, 2, 32, num_splits)
+    for seed, ctx_lens in enumerate([[0, 150, 7, 64], [90, 0, 1, 129], [200, 3], [0]]):
+        args, _ = make_decode(ctx_lens, 8, 2, 32, torch.float16, block_size=16, seed=40 + seed)
+        expected = paged_decode_attention_reference(*args)
+        for _ in range(2):
+            out = paged_decode_attention_triton(*args, workspace=workspace, num_splits=num_splits, counters=counters)
+            assert_close(out, expected, torch.float16)
+            assert (counters == 0).all()
+
+
+def test_decode_kernel_single_split_touches_no_scratch():
+    args, _ = make_decode([0, 9, 70], 8, 2, 32, torch.float16, block_size=8, seed=37)
+    workspace, counters = make_scratch(3, 8, 2, 32, 1)
+    counters.fill_(7)
+    out = paged_decode_attention_triton(*args, workspace=workspace, num_splits=1, counters=counters)
+    assert_close(out, paged_decode_attention_reference(*args), torch.float16)
+    assert workspace.isnan().all() and (counters == 7).all()
 
 
 def test_split_heuristic_uses_shapes_only():
@@ -219,16 +280,47 @@ def test_gpu_decode_realistic(dtype, ctx_lens):
 @needs_gpu
 def test_gpu_decode_cuda_graph_replay():
     # Capture at full length, then change lengths, tables and q in place: nothing is re-sized.
+    # Three launches per graph share the workspace and counters, as the layers of a decode step do.
     args, _ = make_decode([8192] * 4, 32, 8, 128, torch.bfloat16, block_size=16, seed=29)
     q, k_cache, v_cache, block_tables, ctx, scale = args
     num_splits = decode_num_splits(4, 8, block_tables.shape[1], 16)
-    workspace = torch.empty(decode_workspace_numel(4, 32, 128, num_splits), device=DEVICE)
-    paged_decode_attention(*args, workspace=workspace)  # compile outside the capture
+    assert num_splits > 1
+    workspace, counters = make_scratch(4, 32, 8, 128, num_splits)
+    qs = [q, q.flip(1), q * 2]
+    scratch = {"workspace": workspace, "counters": counters}
+    paged_decode_attention(*args, **scratch)  # compile outside the capture
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = paged_decode_attention(*args, workspace=workspace)
-    ctx.copy_(torch.tensor([17, 8000, 1, 4096], dtype=torch.int32))
-    block_tables.copy_(block_tables.flip(0))
-    q.normal_()
-    graph.replay()
-    assert_close(out, paged_decode_attention_reference(*args), torch.bfloat16)
+        outs = [paged_decode_attention(q_i, *args[1:], **scratch) for q_i in qs]
+    for lens in ([17, 8000, 1, 4096], [0, 65, 8192, 3]):
+        ctx.copy_(torch.tensor(lens, dtype=torch.int32))
+        block_tables.copy_(block_tables.flip(0))
+        q.normal_()
+        qs[1].copy_(q.flip(1))
+        qs[2].copy_(q * 2)
+        graph.replay()
+        for q_i, out in zip(qs, outs):
+            assert_close(out, paged_decode_attention_reference(q_i, *args[1:]), torch.bfloat16)
+        assert (counters == 0).all()
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("ctx_lens", [[8192], [5000, 0, 33, 8192], RANDOM_CONTEXTS_32[:8]])
+def test_gpu_decode_single_launch_merge_is_race_free(ctx_lens):
+    # The last-arriving split merges the others' partials: a missing release/acquire would show
+    # now and then as a partial left over from the previous launch. Launches alternate between
+    # two queries so such a leftover differs; the merge is deterministic, so every run must be
+    # bitwise identical to the first run of its query.
+    (q, *rest), _ = make_decode(ctx_lens, 32, 8, 128, torch.bfloat16, block_size=16, seed=31)
+    num_splits = decode_num_splits(len(ctx_lens), 8, rest[2].shape[1], 16)
+    assert num_splits > 1
+    workspace, counters = make_scratch(len(ctx_lens), 32, 8, 128, num_splits)
+    qs = [q, torch.randn_like(q)]
+    firsts = [paged_decode_attention(q_i, *rest, workspace=workspace, counters=counters) for q_i in qs]
+    for q_i, first in zip(qs, firsts):
+        assert_close(first, paged_decode_attention_reference(q_i, *rest), torch.bfloat16)
+    outs = [paged_decode_attention(qs[i % 2], *rest, workspace=workspace, counters=counters) for i in range(400)]
+    torch.cuda.synchronize()
+    assert all(torch.equal(out, firsts[i % 2]) for i, out in enumerate(outs))
+    assert (counters == 0).all()

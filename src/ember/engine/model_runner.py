@@ -79,6 +79,7 @@ class ModelRunner:
         self.decode_graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.bucket_num_splits: dict[int, int] = {}  # decode attention splits at each bucket
         self.decode_workspace: torch.Tensor | None = None  # decode attention scratch, all buckets
+        self.decode_counters: torch.Tensor | None = None  # its zeroed int32 arrival counters, all buckets
         self.graph_logits: torch.Tensor | None = None  # fp32 [largest bucket, vocab], graphs' output
         if device.type == "cuda" and not enforce_eager:
             self.capture_decode_graphs(max_num_seqs)
@@ -146,6 +147,7 @@ class ModelRunner:
             context_lens=self.decode_context_lens[:num_rows],
             block_tables=self.decode_block_tables[:num_rows],
             decode_workspace=self.decode_workspace if num_splits is not None else None,
+            decode_counters=self.decode_counters if num_splits is not None else None,
             decode_num_splits=num_splits,
         )
         hidden = self.model(self.decode_input_ids[:num_rows], self.decode_positions[:num_rows], meta)
@@ -191,6 +193,8 @@ class ModelRunner:
             for b in buckets
         )
         self.decode_workspace = torch.empty(numel, dtype=torch.float32, device=self.device)
+        self.decode_counters = torch.zeros(buckets[-1] * cfg.num_key_value_heads,  # decode_counters_numel
+                                           dtype=torch.int32, device=self.device)
         self.graph_logits = torch.empty(buckets[-1], cfg.vocab_size, dtype=torch.float32, device=self.device)
         # Capture on all-padding inputs: nothing is written to the KV cache.
         for buffer, value in ((self.decode_input_ids, 0), (self.decode_positions, 0), (self.decode_slots, -1),

@@ -22,8 +22,9 @@ class AttentionMetadata:
     sequence b in the cache after this step. ``block_tables[b]``: its cache blocks.
     Prefill also carries ``cu_seqlens_q`` (prefix sums of new tokens per sequence) and
     ``max_seqlen_q``; decode has exactly one new token per sequence. Decode may bring a
-    preallocated ``decode_workspace`` and its ``decode_num_splits`` (see
-    ``ops.attention.decode_workspace_numel``) so that a captured step allocates nothing.
+    preallocated ``decode_workspace``, zeroed int32 ``decode_counters`` and their
+    ``decode_num_splits`` (see ``ops.attention.decode_workspace_numel`` and
+    ``decode_counters_numel``) so that a captured step allocates nothing.
     """
 
     is_prefill: bool
@@ -34,6 +35,7 @@ class AttentionMetadata:
     max_seqlen_q: int = 1
     decode_workspace: torch.Tensor | None = None
     decode_num_splits: int | None = None
+    decode_counters: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> "AttentionMetadata":
         """The same metadata on another device (for layers placed on another GPU)."""
@@ -47,6 +49,7 @@ class AttentionMetadata:
             self.max_seqlen_q,
             None,  # a workspace serves one device; on the next, the op allocates its own per call
             self.decode_num_splits,
+            None,  # the counters likewise
         )
 
 
@@ -95,5 +98,6 @@ class PagedAttention(nn.Module):
             out = ops.paged_decode_attention(
                 q, self.k_cache, self.v_cache, meta.block_tables, meta.context_lens, self.scale,
                 workspace=meta.decode_workspace, num_splits=meta.decode_num_splits,
+                counters=meta.decode_counters,
             )
         return out.reshape(tokens, self.num_heads * self.head_dim)

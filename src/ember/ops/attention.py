@@ -27,6 +27,9 @@ DECODE_NUM_STAGES = 3
 DECODE_TARGET_PROGRAMS = 512  # about 4 waves on 132 SMs: best measured on an H200 for B = 1..128
 DECODE_MAX_SPLITS = 64
 DECODE_MIN_TOKENS_PER_SPLIT = 64  # one key tile
+# Partial-acc elements the merging program loads per step: 32 fp32 registers a thread at 4 warps.
+# 8192 pushed an sm_90 compile past 128 registers (fewer programs per SM) for GQA groups >= 4.
+DECODE_MERGE_ELEMS = 4096
 
 
 def decode_num_splits(batch_size: int, num_kv_heads: int, max_blocks_per_seq: int, block_size: int) -> int:
@@ -43,6 +46,12 @@ def decode_num_splits(batch_size: int, num_kv_heads: int, max_blocks_per_seq: in
 def decode_workspace_numel(batch_size: int, num_q_heads: int, head_dim: int, num_splits: int) -> int:
     """fp32 elements of the decode workspace: per split, an accumulator row plus (max, sum)."""
     return batch_size * num_q_heads * num_splits * (head_dim + 2)
+
+
+def decode_counters_numel(batch_size: int, num_kv_heads: int) -> int:
+    """int32 elements of the decode arrival counters (one per sequence and kv head). Allocate them
+    zeroed, once: every launch with num_splits > 1 leaves them all zero again."""
+    return batch_size * num_kv_heads
 
 
 # ---------------------------------------------------------------- shared kernel pieces
@@ -174,13 +183,86 @@ def paged_prefill_attention_triton(
 
 
 # ---------------------------------------------------------------- decode (split-K)
+# One launch, grid (B, Hkv, num_splits). Each program attends its split of the keys for all
+# query heads of one KV head. With num_splits > 1 it stores an unnormalised partial (acc,
+# max, sum) and counts itself in the group's counter; the program that arrives last merges
+# the group's partials into the output and zeroes the counter for the next launch/replay.
+#
+# Memory ordering on the GPU: a scalar tl.atomic_add is issued by one thread of the program,
+# and triton 3.6 orders nothing else around it, so
+#   partial stores (all threads) -> bar.sync -> atom.acq_rel.gpu (one thread)
+# makes every thread's stores part of that thread's release; the last program's
+#   atom.acq_rel.gpu (one thread) -> bar.sync -> partial loads (all threads)
+# orders all its loads after its acquire, which read-from/follows every other program's
+# release on the same counter (an RMW chain: each atomic reads the previous one's value).
+# The merge loads use .cg (L2, never a stale L1 line) as a belt-and-braces measure. The
+# reset needs no ordering inside the launch (all num_splits increments have happened); the
+# kernel boundary publishes it to the next launch on the stream.
+@triton.jit
+def _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start, end, qk_scale,
+                  stride_q_seq, stride_q_head, stride_kv_block, stride_kv_offset, stride_kv_head,
+                  GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  BLOCK_N: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """Unnormalised (acc, max, sum) of the GQA group's query heads over keys [start, end)."""
+    # All query heads of the group share the K/V tiles; rows past the group are padding.
+    offs_h = tl.arange(0, BLOCK_H)
+    heads = kv_head * GROUP + offs_h
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(q_ptr + seq.to(tl.int64) * stride_q_seq + heads[:, None] * stride_q_head + offs_d[None, :],
+                mask=(offs_h < GROUP)[:, None], other=0.0)
+    if UPCAST_DOT:
+        q = q.to(tl.float32)
+    m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
+    for tile_start in range(start, end, BLOCK_N):
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, offs_h, k_cache_ptr, v_cache_ptr, block_table_ptr,
+                                     kv_head * stride_kv_head, tile_start, end, qk_scale, stride_kv_block,
+                                     stride_kv_offset, BLOCK_SIZE, BLOCK_N, HEAD_DIM, 2, UPCAST_DOT)
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _merge_splits(out_ptr, partial_acc_ptr, partial_stats_ptr, first_row, num_valid,
+                  GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
+                  CHUNK_S: tl.constexpr):
+    """Output rows first_row .. first_row + GROUP - 1 (the group's query heads) from their first
+    num_valid partials, CHUNK_S splits of all heads per step, online-rescaled like the keys."""
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_s = tl.arange(0, CHUNK_S)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = first_row + offs_g
+    m_i = tl.full([BLOCK_G], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_G, HEAD_DIM], dtype=tl.float32)
+    for chunk_start in range(0, num_valid, CHUNK_S):
+        splits = chunk_start + offs_s
+        # Later splits were empty and stored nothing (stale or NaN there): never read them.
+        valid = (splits < num_valid)[:, None] & (offs_g < GROUP)[None, :]  # [CHUNK_S, BLOCK_G]
+        partial = rows[None, :] * NUM_SPLITS + splits[:, None]
+        m = tl.load(partial_stats_ptr + partial * 2, mask=valid, other=-1.0e30, cache_modifier=".cg")
+        l = tl.load(partial_stats_ptr + partial * 2 + 1, mask=valid, other=0.0, cache_modifier=".cg")
+        part_acc = tl.load(partial_acc_ptr + partial[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+                           mask=valid[:, :, None], other=0.0, cache_modifier=".cg")
+        m_new = tl.maximum(m_i, tl.max(m, 0))
+        alpha = tl.exp2(m_i - m_new)
+        weight = tl.where(valid, tl.exp2(m - m_new[None, :]), 0.0)
+        l_i = l_i * alpha + tl.sum(weight * l, 0)
+        acc = acc * alpha[:, None] + tl.sum(weight[:, :, None] * part_acc, 0)
+        m_i = m_new
+    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # context_len 0: no valid split, zeros
+    tl.store(out_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
+             mask=(offs_g < GROUP)[:, None])
+
+
 @triton.jit
 def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_ptr, partial_stats_ptr,
-                         block_tables_ptr, context_lens_ptr, qk_scale, stride_q_seq, stride_q_head,
+                         counters_ptr, block_tables_ptr, context_lens_ptr, qk_scale, stride_q_seq, stride_q_head,
                          stride_kv_block, stride_kv_offset, stride_kv_head, stride_bt_seq,
                          NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                         NUM_SPLITS: tl.constexpr, UPCAST_DOT: tl.constexpr):
+                         NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, MERGE_CHUNK: tl.constexpr,
+                         UPCAST_DOT: tl.constexpr):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -189,68 +271,49 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_p
     tokens_per_split = tl.cdiv(tl.cdiv(ctx_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
     start = split * tokens_per_split
     end = tl.minimum(start + tokens_per_split, ctx_len)
-    if NUM_SPLITS > 1:
-        if start >= end:  # a short sequence's tail split: the reducer skips it
-            return
-
-    # All query heads of the GQA group share the K/V tiles; rows past the group are padding.
-    offs_h = tl.arange(0, BLOCK_H)
-    heads = kv_head * GROUP + offs_h
-    head_valid = offs_h < GROUP
-    offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(q_ptr + seq.to(tl.int64) * stride_q_seq + heads[:, None] * stride_q_head + offs_d[None, :],
-                mask=head_valid[:, None], other=0.0)
-    if UPCAST_DOT:
-        q = q.to(tl.float32)
     block_table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_d = tl.arange(0, HEAD_DIM)
+    head_valid = offs_h < GROUP
+    first_row = seq.to(tl.int64) * NUM_Q_HEADS + kv_head * GROUP
+    rows = first_row + offs_h
 
-    m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
-    for tile_start in range(start, end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, offs_h, k_cache_ptr, v_cache_ptr, block_table_ptr,
-                                     kv_head * stride_kv_head, tile_start, end, qk_scale, stride_kv_block,
-                                     stride_kv_offset, BLOCK_SIZE, BLOCK_N, HEAD_DIM, 2, UPCAST_DOT)
-
-    row = (seq * NUM_Q_HEADS + heads).to(tl.int64)
     if NUM_SPLITS == 1:  # nothing to merge: write the output directly (zeros for context_len 0)
+        acc, m_i, l_i = _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start, end,
+                                      qk_scale, stride_q_seq, stride_q_head, stride_kv_block, stride_kv_offset,
+                                      stride_kv_head, GROUP, BLOCK_H, BLOCK_SIZE, HEAD_DIM, BLOCK_N, UPCAST_DOT)
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        tl.store(out_ptr + row[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
+        tl.store(out_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=head_valid[:, None])
     else:
-        partial = row * NUM_SPLITS + split
-        tl.store(partial_acc_ptr + partial[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=head_valid[:, None])
-        tl.store(partial_stats_ptr + partial * 2, m_i, mask=head_valid)
-        tl.store(partial_stats_ptr + partial * 2 + 1, l_i, mask=head_valid)
-
-
-@triton.jit
-def _decode_reduce_kernel(out_ptr, partial_acc_ptr, partial_stats_ptr, context_lens_ptr,
-                          NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                          NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr):
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    ctx_len = tl.load(context_lens_ptr + seq)
-    tokens_per_split = tl.cdiv(tl.cdiv(ctx_len, NUM_SPLITS), BLOCK_N) * BLOCK_N  # as in the split kernel
-    num_valid = tl.cdiv(ctx_len, tl.maximum(tokens_per_split, 1))
-    splits = tl.arange(0, BLOCK_S)
-    valid = splits < num_valid
-    partial = (seq * NUM_Q_HEADS + head).to(tl.int64) * NUM_SPLITS + splits
-    m = tl.load(partial_stats_ptr + partial * 2, mask=valid, other=-1.0e30)
-    l = tl.load(partial_stats_ptr + partial * 2 + 1, mask=valid, other=0.0)
-    offs_d = tl.arange(0, HEAD_DIM)
-    acc = tl.load(partial_acc_ptr + partial[:, None] * HEAD_DIM + offs_d[None, :], mask=valid[:, None], other=0.0)
-    weight = tl.where(valid, tl.exp2(m - tl.max(m, 0)), 0.0)
-    denominator = tl.sum(weight * l, 0)
-    out = tl.sum(weight[:, None] * acc, 0) / tl.where(denominator > 0, denominator, 1.0)  # ctx 0 -> zeros
-    tl.store(out_ptr + (seq * NUM_Q_HEADS + head).to(tl.int64) * HEAD_DIM + offs_d,
-             out.to(out_ptr.dtype.element_ty))
+        if start < end:  # a short sequence's tail splits (all splits of a padding row) store nothing
+            acc, m_i, l_i = _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start,
+                                          end, qk_scale, stride_q_seq, stride_q_head, stride_kv_block,
+                                          stride_kv_offset, stride_kv_head, GROUP, BLOCK_H, BLOCK_SIZE, HEAD_DIM,
+                                          BLOCK_N, UPCAST_DOT)
+            partial = rows * NUM_SPLITS + split
+            tl.store(partial_acc_ptr + partial[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=head_valid[:, None])
+            tl.store(partial_stats_ptr + partial * 2, m_i, mask=head_valid)
+            tl.store(partial_stats_ptr + partial * 2 + 1, l_i, mask=head_valid)
+        # Every split counts itself, empty or not, so the count always reaches NUM_SPLITS.
+        tl.debug_barrier()  # all threads' partial stores before the (one-thread) release below
+        counter_ptr = counters_ptr + seq * (NUM_Q_HEADS // GROUP) + kv_head
+        arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
+        if arrived == NUM_SPLITS - 1:  # the last of the group: every other partial is visible
+            tl.debug_barrier()  # all threads' loads after the (one-thread) acquire above
+            num_valid = tl.cdiv(ctx_len, tl.maximum(tokens_per_split, 1))  # splits that stored a partial
+            _merge_splits(out_ptr, partial_acc_ptr, partial_stats_ptr, first_row, num_valid,
+                          GROUP, BLOCK_G, HEAD_DIM, NUM_SPLITS, MERGE_CHUNK)
+            tl.store(counter_ptr, 0)  # ready for the next launch (or graph replay)
 
 
 def paged_decode_attention_triton(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
-    *, workspace: Tensor | None = None, num_splits: int | None = None,
+    *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
 ) -> Tensor:
+    """Split-K decode in one launch. With num_splits > 1 it needs ``workspace`` (fp32, see
+    decode_workspace_numel; contents irrelevant) and ``counters`` (int32, see decode_counters_numel;
+    all zero on entry, and left all zero); either one left out is allocated per call."""
     group, block_size, head_dim, upcast_dot = _check_inputs(q, k_cache, v_cache, block_tables)
     batch_size, num_q_heads, _ = q.shape
     num_kv_heads = k_cache.shape[2]
@@ -259,26 +322,35 @@ def paged_decode_attention_triton(
         return out
     if num_splits is None:
         num_splits = decode_num_splits(batch_size, num_kv_heads, block_tables.shape[1], block_size)
-    numel = decode_workspace_numel(batch_size, num_q_heads, head_dim, num_splits)
-    if workspace is None:
-        workspace = torch.empty(numel, dtype=torch.float32, device=q.device)
-    assert workspace.dtype == torch.float32 and workspace.device == q.device and workspace.is_contiguous()
-    assert workspace.numel() >= numel, "workspace too small: see decode_workspace_numel"
-    partial_acc = workspace.view(-1)[: numel // (head_dim + 2) * head_dim]
-    partial_stats = workspace.view(-1)[partial_acc.numel(): numel]
+    if num_splits == 1:  # never dereferenced: no scratch at all
+        partial_acc = partial_stats = out
+        counters = context_lens
+    else:
+        numel = decode_workspace_numel(batch_size, num_q_heads, head_dim, num_splits)
+        if workspace is None:
+            workspace = torch.empty(numel, dtype=torch.float32, device=q.device)
+        assert workspace.dtype == torch.float32 and workspace.device == q.device and workspace.is_contiguous()
+        assert workspace.numel() >= numel, "workspace too small: see decode_workspace_numel"
+        partial_acc = workspace.view(-1)[: numel // (head_dim + 2) * head_dim]
+        partial_stats = workspace.view(-1)[partial_acc.numel(): numel]
+        if counters is None:
+            counters = torch.zeros(decode_counters_numel(batch_size, num_kv_heads), dtype=torch.int32,
+                                   device=q.device)
+        assert counters.dtype == torch.int32 and counters.device == q.device and counters.is_contiguous()
+        assert counters.numel() >= decode_counters_numel(batch_size, num_kv_heads), \
+            "counters too small: see decode_counters_numel"
 
+    block_g = triton.next_power_of_2(group)
+    per_step = max(1, DECODE_MERGE_ELEMS // (block_g * head_dim))  # splits merged per step: a power of two
+    merge_chunk = min(triton.next_power_of_2(num_splits), 1 << (per_step.bit_length() - 1))
     _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, out, partial_acc, partial_stats, block_tables, context_lens,
+        q, k_cache, v_cache, out, partial_acc, partial_stats, counters, block_tables, context_lens,
         scale * math.log2(math.e), q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_H=max(DECODE_MIN_ROWS, triton.next_power_of_2(group)),
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits,
-        UPCAST_DOT=upcast_dot, num_warps=DECODE_NUM_WARPS, num_stages=DECODE_NUM_STAGES)
-    if num_splits > 1:
-        _decode_reduce_kernel[(batch_size, num_q_heads)](
-            out, partial_acc, partial_stats, context_lens, NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim,
-            BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits, BLOCK_S=triton.next_power_of_2(num_splits),
-            num_warps=4)
+        BLOCK_G=block_g, MERGE_CHUNK=merge_chunk, UPCAST_DOT=upcast_dot,
+        num_warps=DECODE_NUM_WARPS, num_stages=DECODE_NUM_STAGES)
     return out
 
 
@@ -321,7 +393,7 @@ def paged_prefill_attention_reference(
 
 def paged_decode_attention_reference(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
-    *, workspace: Tensor | None = None, num_splits: int | None = None,
+    *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
 ) -> Tensor:
     out = torch.empty_like(q)
     for seq, ctx_len in enumerate(context_lens.tolist()):
@@ -341,7 +413,8 @@ def paged_prefill_attention(
 
 def paged_decode_attention(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
-    *, workspace: Tensor | None = None, num_splits: int | None = None,
+    *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
 ) -> Tensor:
     impl = paged_decode_attention_triton if use_triton(q) else paged_decode_attention_reference
-    return impl(q, k_cache, v_cache, block_tables, context_lens, scale, workspace=workspace, num_splits=num_splits)
+    return impl(q, k_cache, v_cache, block_tables, context_lens, scale, workspace=workspace, num_splits=num_splits,
+                counters=counters)
