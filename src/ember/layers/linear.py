@@ -9,8 +9,9 @@ override ``load_shard`` to keep only its slice of rows (or columns), nothing els
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ember import ops
 
 
 class Linear(nn.Module):
@@ -24,7 +25,7 @@ class Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features), requires_grad=False) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return ops.linear(x, self.weight, self.bias)  # a skinny-GEMM kernel at decode, else cuBLAS
 
     def shard_rows(self, shard: int | None) -> slice:
         """Rows of ``weight`` that checkpoint shard ``shard`` fills (all of them here)."""

@@ -1,0 +1,236 @@
+"""Skinny-GEMM sweep: cuBLAS against Ember's Triton kernel at Qwen3 decode shapes, M = 1..16.
+
+    python benchmarks/gemv_sweep.py --out benchmarks/results/gemv-sweep-h200.json
+
+For each projection of Qwen3 0.6B..32B (qkv, o, gate_up, down, and down fused with silu_mul)
+and each M: cuBLAS (F.linear; for the fused one ops.silu_mul then F.linear) and every Triton
+config of a candidate grid plus the shape heuristic's. Each is timed as CUDA-graph replays of
+one call per weight copy, with enough copies (>= 4, >= 256 MB) that L2 never holds the weight
+being read; time per call = replay time / calls. Every Triton result is checked against the
+reference (relative Frobenius error). Prints a table (shares of the copy rate measured in this
+run, read + written) and a dict to paste into SKINNY_TABLE in src/ember/ops/linear.py; writes
+all numbers as JSON to --out. About 2-3 minutes on an H200, most of it Triton compiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from ember.bench.ceilings import copy_rate
+from ember.ops.activation import silu_mul
+from ember.ops.linear import SkinnyConfig, linear_triton, silu_mul_linear_triton
+from ember.tools.random_checkpoint import QWEN3_SHAPES
+
+skinny = importlib.import_module("ember.ops.linear")  # the module: ember.ops.linear is the op
+
+HEAD_DIM = 128  # every Qwen3 dense model
+MS = [1, 2, 4, 8, 16]
+C = SkinnyConfig
+GRID = [  # (block_n, block_k, split_k, num_warps, num_stages, dot)
+    C(16, 256, 1, 4, 4, True), C(16, 512, 1, 4, 3, True), C(32, 256, 1, 4, 4, True),
+    C(32, 128, 1, 4, 4, True), C(64, 128, 1, 4, 4, True), C(64, 256, 1, 4, 3, True),
+    C(128, 128, 1, 8, 3, True),
+    C(16, 256, 2, 4, 4, True), C(16, 256, 4, 4, 4, True), C(16, 128, 8, 4, 4, True),
+    C(32, 256, 2, 4, 4, True), C(32, 256, 4, 4, 4, True), C(64, 128, 2, 4, 4, True), C(64, 128, 4, 4, 4, True),
+    # CUDA-core FMAs: only tried at M <= FMA_MAX_M, where padding x to 16 rows wastes the most
+    C(4, 512, 1, 4, 3, False), C(8, 256, 1, 4, 3, False), C(8, 512, 2, 4, 3, False), C(16, 256, 1, 8, 3, False),
+]
+FMA_MAX_M = 4
+MIN_COPIES, MIN_ROTATION_BYTES, MAX_COPIES = 4, 256 << 20, 64
+TRIALS, REPLAYS = 3, 10
+BAD_REL_ERR = 1e-2  # bf16: fp32 accumulation + one output rounding stays far below this
+
+
+def projections(models: list[str]) -> list[tuple[str, str, int, int, list[str]]]:
+    """(op, proj, N, K, models) for each distinct projection shape of the given models."""
+    seen: dict[tuple, list[str]] = {}
+    for model in models:
+        s = QWEN3_SHAPES[model]
+        h, i = s["hidden_size"], s["intermediate_size"]
+        q, kv = s["num_attention_heads"] * HEAD_DIM, s["num_key_value_heads"] * HEAD_DIM
+        for op, proj, n, k in [("linear", "qkv", q + 2 * kv, h), ("linear", "o", h, q), ("linear", "gate_up", 2 * i, h),
+                               ("linear", "down", h, i), ("silu_mul_linear", "silu+down", h, i)]:
+            seen.setdefault((op, proj, n, k), []).append(model)
+    return [(*key, models) for key, models in seen.items()]
+
+
+def candidates(m: int, n: int, k: int, op: str) -> list[SkinnyConfig]:
+    heuristic = skinny._heuristic_config(m, n, k, op)
+    out = [heuristic]
+    for cfg in GRID:
+        blocks = triton.cdiv(n, cfg.block_n)
+        block_m = max(16, triton.next_power_of_2(m)) if cfg.dot else triton.next_power_of_2(m)
+        if (cfg == heuristic or (not cfg.dot and m > FMA_MAX_M) or cfg.block_n > n
+                or k % (cfg.block_k * cfg.split_k)  # uneven K: the heuristic never picks it
+                or (cfg.split_k > 1 and blocks >= 256)  # already enough programs to fill the GPU
+                or cfg.split_k * blocks * cfg.block_n * block_m > skinny._WORKSPACE_FLOATS):
+            continue
+        out.append(cfg)
+    return out
+
+
+def time_per_call(fn, x, weights) -> float:
+    """Microseconds per call: a CUDA graph of one call per weight copy, median of TRIALS timings."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile, cuBLAS handles, split-K workspace: all before capture
+        fn(x, weights[0])
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for w in weights:
+            fn(x, w)
+    graph.replay()
+    times = []
+    for _ in range(TRIALS):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(REPLAYS):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / (REPLAYS * len(weights)))
+    del graph
+    return sorted(times)[len(times) // 2]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+def fmt(cfg) -> str:
+    return "cuBLAS" if cfg is None else (f"{cfg.block_n}x{cfg.block_k} s{cfg.split_k} w{cfg.num_warps} "
+                                         f"st{cfg.num_stages} {'dot' if cfg.dot else 'fma'}")
+
+
+def sweep_shape(op, n, k, ms, rate, log) -> list[dict]:
+    k_in = 2 * k if op == "silu_mul_linear" else k
+    wbytes = n * k * 2
+    copies = min(MAX_COPIES, max(MIN_COPIES, math.ceil(MIN_ROTATION_BYTES / wbytes)))
+    weights = [torch.empty(n, k, dtype=torch.bfloat16, device="cuda").normal_(0, 0.02) for _ in range(copies)]
+    fused = op == "silu_mul_linear"
+
+    def cublas(x, w):
+        return F.linear(silu_mul(x) if fused else x, w)
+
+    def kernel(cfg):
+        if fused:
+            return lambda x, w: silu_mul_linear_triton(x, w, config=cfg)
+        return lambda x, w: linear_triton(x, w, config=cfg)
+
+    def pct(us, m):  # share of the copy rate: weight + x read, y written
+        return 100 * (wbytes + 2 * m * (k_in + n)) / (us * 1e-6) / rate
+
+    rows = []
+    for m in ms:
+        x = torch.randn(m, k_in, device="cuda").to(torch.bfloat16)
+        ref = cublas(x, weights[0])
+        row = {"op": op, "n": n, "k": k, "m": m, "copies": copies,
+               "cublas_us": time_per_call(cublas, x, weights), "configs": []}
+        if fused:  # what the unfused path spends on the activation alone
+            row["silu_mul_us"] = time_per_call(lambda x, w: silu_mul(x), x, weights)
+        row["cublas_pct"] = pct(row["cublas_us"], m)
+        for cfg in candidates(m, n, k, op):
+            entry = {"config": list(cfg), "heuristic": cfg == skinny._heuristic_config(m, n, k, op)}
+            try:
+                t0 = time.perf_counter()
+                entry["rel_err"] = rel_err(kernel(cfg)(x, weights[0]), ref)
+                entry["us"] = time_per_call(kernel(cfg), x, weights)
+                entry["pct"] = pct(entry["us"], m)
+                entry["wall_s"] = time.perf_counter() - t0
+            except Exception as e:  # noqa: BLE001 -- one failing config (e.g. out of shared memory) must not end the sweep
+                entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                log(f"    M={m} {fmt(cfg)}: {entry['error']}")
+            row["configs"].append(entry)
+        ok = [e for e in row["configs"] if "us" in e and e["rel_err"] < BAD_REL_ERR]
+        for e in row["configs"]:
+            if "us" in e and e["rel_err"] >= BAD_REL_ERR:
+                log(f"    M={m} {fmt(C(*e['config']))}: WRONG, relative error {e['rel_err']:.2e}")
+        row["best"] = min(ok, key=lambda e: e["us"]) if ok else None
+        row["heuristic"] = next((e for e in row["configs"] if e["heuristic"] and "us" in e), None)
+        rows.append(row)
+    del weights
+    torch.cuda.empty_cache()
+    return rows
+
+
+def decide(rows: list[dict]) -> dict:
+    """SKINNY_TABLE entries: the best config where it beats the alternative, else None."""
+    table, down = {}, {(r["n"], r["k"], r["m"]): r for r in rows if r["op"] == "linear"}
+    for r in rows:
+        best = r["best"]
+        if r["op"] == "linear":
+            other = r["cublas_us"]
+        else:  # unfused: ops.silu_mul, then the better of cuBLAS and the Triton down projection
+            d = down.get((r["n"], r["k"], r["m"]))
+            d_us = min(d["cublas_us"], d["best"]["us"]) if d and d["best"] else r["cublas_us"] - r["silu_mul_us"]
+            other = min(r["cublas_us"], r["silu_mul_us"] + d_us)
+        win = best is not None and best["us"] < other
+        table[(r["op"], r["n"], r["k"], r["m"])] = tuple(best["config"]) if win else None
+    return table
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True, help="JSON results file")
+    ap.add_argument("--models", default=",".join(QWEN3_SHAPES), help="comma-separated, of " + ",".join(QWEN3_SHAPES))
+    ap.add_argument("--ms", default=",".join(map(str, MS)), help="row counts (powers of two: table buckets)")
+    args = ap.parse_args()
+    start = time.perf_counter()
+
+    def log(msg):
+        print(f"[{time.perf_counter() - start:6.1f}s] {msg}", flush=True)
+
+    ms = [int(m) for m in args.ms.split(",")]
+    rate = copy_rate(torch.device("cuda"))["bytes_per_s"]
+    log(f"{torch.cuda.get_device_name()}: copy rate {rate / 1e12:.2f} TB/s (2 GiB, read + written); "
+        f"torch {torch.__version__}, triton {triton.__version__}")
+    rows = []
+    for op, proj, n, k, models in projections(args.models.split(",")):
+        log(f"{'/'.join(models)} {proj} {n}x{k} ...")
+        for r in sweep_shape(op, n, k, ms, rate, log):
+            rows.append({**r, "proj": proj, "models": models})
+
+    table = decide(rows)
+    print(f"\n{'model':>9} {'proj':>9} {'N':>6} {'K':>6} {'M':>3} | {'cuBLAS us':>9} {'%':>4} | "
+          f"{'best Triton':<26} {'us':>7} {'%':>4} | {'speedup':>7} | {'heur. us':>8} | table")
+    for r in rows:
+        b, h = r["best"], r["heuristic"]
+        best = f"{fmt(C(*b['config'])):<26} {b['us']:7.2f} {b['pct']:3.0f}%" if b else f"{'(none ran)':<26} {'':12}"
+        base = r["cublas_us"]
+        speedup = f"{base / b['us']:6.2f}x" if b else f"{'':7}"
+        entry = table[(r["op"], r["n"], r["k"], r["m"])]
+        print(f"{'/'.join(r['models']):>9} {r['proj']:>9} {r['n']:6d} {r['k']:6d} {r['m']:3d} | "
+              f"{base:9.2f} {r['cublas_pct']:3.0f}% | {best} | {speedup} | "
+              f"{h['us'] if h else float('nan'):8.2f} | {'triton' if entry else 'fallback'}")
+    print("\n# Paste into src/ember/ops/linear.py (measured on "
+          f"{torch.cuda.get_device_name()}, {rate / 1e12:.2f} TB/s copy rate):")
+    print("SKINNY_TABLE: dict[tuple[str, int, int, int], tuple | None] = {")
+    print("    # (op, N, K, M bucket): (block_n, block_k, split_k, num_warps, num_stages, dot), None = fallback")
+    for (op, n, k, m), value in table.items():
+        print(f'    ("{op}", {n}, {k}, {m}): {value!r},')
+    print("}")
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "device": torch.cuda.get_device_name(), "copy_rate_bytes_per_s": rate, "torch": torch.__version__,
+        "triton": triton.__version__, "command": " ".join(sys.argv), "grid": [list(c) for c in GRID],
+        "results": rows, "table": [[list(key), value] for key, value in table.items()],
+    }, indent=1))
+    log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
