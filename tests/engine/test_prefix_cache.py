@@ -105,12 +105,12 @@ def test_lru_eviction_takes_the_least_recently_released_block():
     assert list(bm.evictable) == [a1, a0, b1, b0] and bm.num_free_blocks == 4
     e = seq([5, 6, 0])  # reuses b0 and needs one fresh block: the LRU one, a1
     bm.allocate(e)
-    assert e.block_table == [b0, a1] and a1 not in bm.block_keys and a0 in bm.block_keys
+    assert list(e.block_table) == [b0, a1] and a1 not in bm.block_keys and a0 in bm.block_keys
     bm.free(e)  # a1 is no longer cached: back to the free list; b0 is the most recent now
     assert list(bm.evictable) == [a0, b1, b0] and list(bm.free_blocks) == [a1]
     d = seq([9] * 5)  # three fresh blocks: the free one first, then a0 and b1 are evicted
     bm.allocate(d)
-    assert d.block_table == [a1, a0, b1] and bm.block_keys == {b0: b.block_hashes[0]}
+    assert list(d.block_table) == [a1, a0, b1] and bm.block_keys == {b0: b.block_hashes[0]}
     check_blocks(bm, [d])
 
 

@@ -41,7 +41,7 @@ def test_block_manager_allocates_whole_blocks_and_frees():
     bm.append_slot(s)
     assert len(s.block_table) == 4
     bm.free(s)
-    assert bm.num_free_blocks == 8 and s.block_table == []
+    assert bm.num_free_blocks == 8 and not s.block_table
 
 
 def test_admission_respects_token_budget_and_seq_limit():
@@ -99,7 +99,7 @@ def test_preemption_takes_the_most_recently_admitted_first():
     batch = step(sched)  # a needs a block again: b, now the newest running, goes
     assert batch.seqs == [a] and sched.num_preemptions == 2
     assert list(sched.waiting) == [b, c]  # the older one is recomputed first
-    assert b.block_table == [] and c.block_table == [] and b.num_cached_tokens == 0
+    assert not b.block_table and not c.block_table and b.num_cached_tokens == 0
     sched.finish(a)
     batch = step(sched)  # b recomputes prompt + its two tokens; c does not fit next to it yet
     assert rows(batch) == [(b, 7, True)] and list(sched.waiting) == [c]

@@ -120,7 +120,7 @@ class ScriptedEngine:
                 seq.finish_reason, text = "length", text + detok.flush()
             if seq.finish_reason:
                 self._finish(seq)
-            outputs.append(StepOutput(seq, token, text, seq.is_finished))
+            outputs.append(StepOutput(seq, token, text, seq.is_finished, seq.num_output_tokens))
         return outputs
 
     def _finish(self, seq):

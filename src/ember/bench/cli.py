@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N (default: %(default)s)")
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (when the engine has them)")
+    p.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
+                   help="read each step's tokens before launching the next (when the engine has it)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompts and dummy weights")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     return p
@@ -71,6 +73,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "compare": args.compare,
         "profile": args.profile,
         "enforce_eager": args.enforce_eager,
+        "async_scheduling": args.async_scheduling,
     }
     if settings["gen_len"] < 2:
         raise EmberError("--gen-len must be >= 2 (one prefill token plus at least one decode step)")

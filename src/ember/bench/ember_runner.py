@@ -32,7 +32,7 @@ def random_prompts(vocab: int, batch_size: int, prompt_len: int, seed: int, rep:
 
 
 def load_llm(model: str, dtype: str, device: str | None, load_format: str, max_batch: int, max_len: int,
-             seed: int, enforce_eager: bool) -> tuple[LLM, bool]:
+             seed: int, enforce_eager: bool, async_scheduling: bool = True) -> tuple[LLM, bool]:
     """The LLM sized for the largest configuration. Returns it and whether the engine took
     ``enforce_eager`` (an engine without CUDA graphs has no such argument and is eager anyway).
     Prefix caching is off: the benchmark measures prefill compute, not cache hits."""
@@ -44,6 +44,8 @@ def load_llm(model: str, dtype: str, device: str | None, load_format: str, max_b
     takes_eager = "enforce_eager" in accepted
     if takes_eager:
         kwargs["enforce_eager"] = enforce_eager
+    if "async_scheduling" in accepted:
+        kwargs["async_scheduling"] = async_scheduling
     return LLM(**kwargs), takes_eager
 
 
@@ -59,11 +61,15 @@ def generate_once(engine: LLMEngine, prompts: list[list[int]], gen_len: int) -> 
     try:
         start = now(engine.device)
         seqs = [engine.add_request(p, params) for p in prompts]
-        first_tokens_at = None
+        first_tokens_at, waiting_first = None, {s.seq_id for s in seqs}
         while engine.has_unfinished():
-            engine.step()  # ends on the host reading sampled tokens, so wall time is device time
-            if first_tokens_at is None and all(s.num_output_tokens >= 1 for s in seqs):
-                first_tokens_at = now(engine.device)
+            # A step ends on the host reading the tokens of the step before (or of this one,
+            # without async scheduling), so a token counts when the host has it.
+            outputs = engine.step()
+            if first_tokens_at is None:
+                waiting_first -= {o.seq.seq_id for o in outputs}
+                if not waiting_first:
+                    first_tokens_at = now(engine.device)
         end = now(engine.device)
     finally:
         for s in seqs:

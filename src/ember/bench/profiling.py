@@ -46,8 +46,9 @@ def profile_steps(engine: LLMEngine, batch_size: int, prompt_len: int, gen_len: 
         seqs = [engine.add_request(p, params) for p in prompts]
         with profile(activities=activities) as prefill_prof:
             start = now(engine.device)
-            while not all(s.num_output_tokens >= 1 for s in seqs):
-                engine.step()
+            waiting_first = {s.seq_id for s in seqs}
+            while waiting_first:
+                waiting_first -= {o.seq.seq_id for o in engine.step()}
             prefill_s = now(engine.device) - start
         with profile(activities=activities) as decode_prof:
             start = now(engine.device)

@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--enforce-eager", action="store_true",
                    help="no CUDA graphs for decode (slower; for debugging and comparison)")
+    p.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
+                   help="read each step's tokens before launching the next (slower; for comparison)")
     chat = p.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None,
                       help="apply the model's chat template to -p")
@@ -140,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model, dtype=args.dtype, device=device_from_flag(args.devices), load_format=args.load_format,
             max_model_len=args.ctx_size or None, gpu_memory_utilization=args.gpu_memory_utilization,
             max_num_seqs=1, progress=args.verbose or sys.stderr.isatty(), enforce_eager=args.enforce_eager,
+            async_scheduling=args.async_scheduling,
         )
         if args.interactive:
             from ember.cli.chat import run_chat

@@ -81,23 +81,29 @@ class BlockManager:
         return matched
 
     def mark_computed(self, seq: Sequence, num_new_tokens: int) -> None:
-        """Record that ``num_new_tokens`` more of ``seq``'s tokens are in the cache; register
-        the blocks this completed."""
-        before = seq.num_cached_tokens // self.block_size
+        """Record that ``num_new_tokens`` more of ``seq``'s tokens are in the cache (or will be,
+        in stream order, once the launched step runs); register the blocks this completed."""
         seq.num_cached_tokens += num_new_tokens
-        if not self.enable_prefix_caching:
+        self.register_full_blocks(seq)
+
+    def register_full_blocks(self, seq: Sequence) -> None:
+        """Register ``seq``'s computed full blocks whose token ids are all known on the host
+        (a block ending in a pending token waits until its value arrives)."""
+        if not self.enable_prefix_caching or not seq.block_table:
             return
-        after = seq.num_cached_tokens // self.block_size
-        if after == before:  # most decode steps: no block completed
+        known = min(seq.num_cached_tokens, len(seq) - seq.num_pending)
+        full = min(known // self.block_size, len(seq.block_table))
+        if full <= seq.num_registered_blocks:  # most decode steps: no block completed
             return
-        hashes = self._block_hashes(seq, after)
-        for i in range(before, after):
+        hashes = self._block_hashes(seq, full)
+        for i in range(seq.num_registered_blocks, full):
             block = seq.block_table[i]
             # A block reused from the cache is registered already; an identical block computed
             # concurrently by another sequence stays private and is freed normally.
             if block not in self.block_keys and hashes[i] not in self.cached_blocks:
                 self.cached_blocks[hashes[i]] = block
                 self.block_keys[block] = hashes[i]
+        seq.num_registered_blocks = full
 
     # ----- allocation ------------------------------------------------------------------------
     def _take_fresh_block(self) -> int:
@@ -135,10 +141,10 @@ class BlockManager:
             self.prefix_cache_hits += len(matched) * self.block_size
         for block in matched:
             self._ref(block)
-        seq.block_table = matched + [
-            self._take_fresh_block() for _ in range(self.blocks_needed(len(seq)) - len(matched))
-        ]
+        seq.block_table = array("i", matched)
+        seq.block_table.extend(self._take_fresh_block() for _ in range(self.blocks_needed(len(seq)) - len(matched)))
         seq.num_cached_tokens = len(matched) * self.block_size
+        seq.num_registered_blocks = len(matched)
 
     def can_append(self, seq: Sequence) -> bool:
         """Whether one more token fits (a new block is needed only at a block boundary)."""
@@ -158,8 +164,9 @@ class BlockManager:
                     self.evictable[block] = None
                 else:
                     self.free_blocks.append(block)
-        seq.block_table = []
+        seq.block_table = array("i")
         seq.num_cached_tokens = 0
+        seq.num_registered_blocks = 0
 
     def slot(self, seq: Sequence, position: int) -> int:
         return seq.block_table[position // self.block_size] * self.block_size + position % self.block_size

@@ -62,6 +62,7 @@ class EngineArgs:
     seed: int = 0
     progress: bool = True
     enforce_eager: bool = False  # no CUDA graphs: every decode step launches its kernels one by one
+    async_scheduling: bool = True  # prepare and launch step n+1 before reading step n's tokens
 
 
 @dataclass
@@ -70,6 +71,7 @@ class StepOutput:
     token_id: int
     text: str  # newly visible text (may be "" while a multi-byte char or stop string is pending)
     finished: bool
+    num_output_tokens: int  # generated tokens so far, this one included
 
 
 class LLMEngine:
@@ -125,10 +127,15 @@ class LLMEngine:
             enforce_eager=args.enforce_eager,
         )
         self.detokenizers: dict[int, IncrementalDetokenizer] = {}
+        self._inflight = None  # the launched step whose tokens the host has not read yet
         self.rng = random.Random(args.seed)
 
     # ----- requests --------------------------------------------------------------------------
-    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id=None) -> Sequence:
+    def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id=None,
+                    stream_text: bool = True) -> Sequence:
+        """Queue a request. With ``stream_text=False`` (and no stop strings, which need it) its
+        text is decoded once when it finishes instead of token by token: step outputs then
+        carry "" until the last one, which carries the whole text."""
         if not prompt_token_ids:
             raise InvalidRequestError("the prompt is empty")
         vocab = self.config.vocab_size
@@ -141,10 +148,14 @@ class LLMEngine:
             )
         seed = params.seed if params.seed is not None else self.rng.getrandbits(62)
         seq = Sequence(prompt_token_ids, params, seed=seed, request_id=request_id)
+        seq.length_limit = self.max_model_len
+        if params.max_tokens is not None:
+            seq.length_limit = min(seq.length_limit, len(prompt_token_ids) + params.max_tokens)
         self.detokenizers[seq.seq_id] = IncrementalDetokenizer(
             self.tokenizer, prompt_token_ids, skip_special_tokens=params.skip_special_tokens,
             stop=params.stop, include_stop_str_in_output=params.include_stop_str_in_output,
         )
+        seq.text_at_end = not stream_text and not self.detokenizers[seq.seq_id].has_stop_strings
         self.scheduler.add(seq)
         return seq
 
@@ -153,10 +164,15 @@ class LLMEngine:
         if not seq.is_finished:
             seq.finish_reason = seq.finish_reason or "abort"
             self.scheduler.finish(seq)
+        seq.drop_pending()
         self.detokenizers.pop(seq.seq_id, None)
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_unfinished()
+        """Requests are queued or running, or a launched step's tokens are still to be read."""
+        inflight = self._inflight
+        return self.scheduler.has_unfinished() or (
+            inflight is not None and not all(s.is_finished for s in inflight.seqs)
+        )
 
     def output_text(self, seq: Sequence) -> str:
         detok = self.detokenizers.get(seq.seq_id)
@@ -164,36 +180,80 @@ class LLMEngine:
 
     # ----- stepping --------------------------------------------------------------------------
     def step(self) -> list[StepOutput]:
+        """Launch the next forward pass, then hand out the tokens of the previous one.
+
+        With async scheduling the host reads step n's tokens, checks stops and detokenizes
+        while the device runs step n+1, whose inputs it took from step n's tokens on the
+        device. Each sequence therefore has up to one token in flight: a sequence that stops
+        on EOS or a stop string has one wasted row in the step after. Steps whose sampling
+        needs every earlier token on the host (penalties) run synchronously.
+        """
+        outputs: list[StepOutput] = []
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None and any(p.needs_penalties for p in (s.params for s in inflight.seqs)):
+            outputs += self._process(inflight)
+            inflight = None
         batch = self.scheduler.schedule()
-        if not batch.seqs:
-            return []
-        tokens = self.runner.run(batch)
-        self.scheduler.mark_computed(batch)
-        outputs = []
-        # A sequence whose prompt is only partly in the cache produces nothing this step.
-        for seq, token in zip(batch.sampling_seqs, tokens):
-            seq.append(token)
-            text, finished = self._check_stop(seq, token)
-            if finished:
-                self.scheduler.finish(seq)
-            outputs.append(StepOutput(seq, token, text, finished))
+        launched = None
+        if batch.seqs:
+            launched = self.runner.run(batch)
+            self.scheduler.mark_computed(batch)
+            for seq in batch.sampling_seqs:
+                seq.append_pending()
+        if inflight is not None:
+            outputs += self._process(inflight)
+        if launched is not None and not self.args.async_scheduling:
+            outputs += self._process(launched)
+            launched = None
+        self._inflight = launched
         return outputs
 
-    def _check_stop(self, seq: Sequence, token: int) -> tuple[str, bool]:
+    def _process(self, sampled) -> list[StepOutput]:
+        """Wait for a launched step's tokens; append them, check stops, detokenize."""
+        tokens, logprobs = sampled.wait()
+        outputs = []
+        for seq, token, lp in zip(sampled.seqs, tokens, logprobs):
+            if seq.is_finished:  # aborted, or stopped while this token was in flight
+                continue
+            pos = seq.resolve_pending(token)
+            if lp is not None:
+                seq.logprobs.append(lp)
+            self.block_manager.register_full_blocks(seq)  # a block may end at this token
+            text, finished = self._check_stop(seq, token, pos + 1)
+            if finished:
+                seq.drop_pending()
+                self.scheduler.finish(seq)
+            outputs.append(StepOutput(seq, token, text, finished, pos + 1 - seq.num_prompt_tokens))
+        return outputs
+
+    def _check_stop(self, seq: Sequence, token: int, length: int) -> tuple[str, bool]:
+        """Whether ``token``, the sequence's token number ``length`` (prompt included), ends it."""
         p = seq.params
         detok = self.detokenizers[seq.seq_id]
-        may_stop = seq.num_output_tokens > p.min_tokens  # EOS/stop tokens only count past min_tokens
+        num_output = length - seq.num_prompt_tokens
+        may_stop = num_output > p.min_tokens  # EOS/stop tokens only count past min_tokens
+
+        def final_text(upto: int) -> str:  # everything not emitted yet, up to token ``upto``
+            if seq.text_at_end:
+                return detok.add_final(seq.token_ids[seq.num_prompt_tokens : upto])
+            return detok.flush()
+
         if may_stop and token in p.stop_token_ids:
             seq.finish_reason, seq.stop_reason = "stop", token
-            return detok.flush(), True
+            return final_text(length - 1), True  # the stop token itself is not text
         if may_stop and not p.ignore_eos and token in self.eos_token_ids:
             seq.finish_reason = "stop"
-            return detok.flush(), True
+            return final_text(length - 1), True
+        if seq.text_at_end:
+            if length >= seq.length_limit:
+                seq.finish_reason = "length"
+                return final_text(length), True
+            return "", False
         text = detok.add(token)
         if detok.stopped:
             seq.finish_reason, seq.stop_reason = "stop", detok.stop_reason
             return text, True
-        if (p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens) or len(seq) >= self.max_model_len:
+        if length >= seq.length_limit:
             seq.finish_reason = "length"
             return text + detok.flush(), True
         return text, False

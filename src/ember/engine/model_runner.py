@@ -12,7 +12,9 @@ cached context), through the prefill path; the LM head runs only on rows that yi
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ember import ops
@@ -44,6 +46,34 @@ def pick_bucket(buckets: list[int], batch_size: int) -> int | None:
     """The smallest of the ascending ``buckets`` that holds ``batch_size``; None if none does."""
     i = bisect.bisect_left(buckets, batch_size)
     return buckets[i] if i < len(buckets) else None
+
+
+@dataclass
+class SampledStep:
+    """A launched step's sampled tokens, on their way to the host.
+
+    ``host`` holds pinned copies of the tokens and, when any row asked for logprobs, of
+    (chosen logprob, top ids, top logprobs); they are valid once ``ready`` has fired.
+    """
+
+    seqs: list[Sequence]
+    host: list[torch.Tensor]
+    ready: torch.cuda.Event | None
+    want_logprobs: list[bool]
+
+    def wait(self) -> tuple[list[int], list[TokenLogprobs | None]]:
+        """Block until the device is done; the tokens and each row's logprobs (or None)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        tokens = self.host[0].tolist()
+        logprobs: list[TokenLogprobs | None] = [None] * len(tokens)
+        if len(self.host) > 1:
+            chosen, top_ids, top_lps = (t.tolist() for t in self.host[1:])
+            for i, s in enumerate(self.seqs):
+                if self.want_logprobs[i]:
+                    k = s.params.logprobs
+                    logprobs[i] = TokenLogprobs(tokens[i], chosen[i], dict(zip(top_ids[i][:k], top_lps[i][:k])))
+        return tokens, logprobs
 
 
 class ModelRunner:
@@ -81,6 +111,10 @@ class ModelRunner:
         self.decode_workspace: torch.Tensor | None = None  # decode attention scratch, all buckets
         self.decode_counters: torch.Tensor | None = None  # its zeroed int32 arrival counters, all buckets
         self.graph_logits: torch.Tensor | None = None  # fp32 [largest bucket, vocab], graphs' output
+        # The last launch's sampled tokens on the device, and each sequence's row in them: the
+        # next step reads a token the host has not seen yet from here.
+        self._prev_tokens: torch.Tensor | None = None
+        self._prev_rows: dict[int, int] = {}
         if device.type == "cuda" and not enforce_eager:
             self.capture_decode_graphs(max_num_seqs)
 
@@ -89,31 +123,66 @@ class ModelRunner:
         t = torch.tensor(data, dtype=dtype, pin_memory=self.pin)
         return t.to(self.device, non_blocking=True)
 
-    def _block_tables(self, seqs: list[Sequence], width: int) -> list[list[int]]:
-        return [s.block_table + [0] * (width - len(s.block_table)) for s in seqs]
+    def _np_to_device(self, array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(array)
+        return (t.pin_memory() if self.pin else t).to(self.device, non_blocking=True)
+
+    @staticmethod
+    def _block_tables(seqs: list[Sequence]) -> np.ndarray:
+        """int32 [len(seqs), widest table], zero-padded: every table's raw bytes joined in one
+        go and scattered at once, so the host cost barely grows with the batch."""
+        lens = np.fromiter(map(len, (s.block_table for s in seqs)), np.int64, len(seqs))
+        flat = np.frombuffer(b"".join(s.block_table.tobytes() for s in seqs), np.int32)
+        tables = np.zeros((len(seqs), int(lens.max())), np.int32)
+        rows = np.repeat(np.arange(len(seqs)), lens)
+        cols = np.arange(len(flat)) - np.repeat(np.cumsum(lens) - lens, lens)
+        tables[rows, cols] = flat
+        return tables
+
+    def _pending_sources(self, seqs: list[Sequence], rows: list[int]) -> tuple[list[int], list[int]] | None:
+        """For the sequences whose input token ``rows[i]`` is still a placeholder: that input
+        row, and the row of the previous step's sampled tokens that holds its value."""
+        dst, src = [], []
+        for s, row in zip(seqs, rows):
+            if s.num_pending:
+                # Only the previous launch can still be pending when the next one is prepared.
+                dst.append(row)
+                src.append(self._prev_rows[s.seq_id])
+        return (dst, src) if dst else None
+
+    def _fill_pending(self, input_ids: torch.Tensor, sources) -> None:
+        """Copy sampled tokens the host has not seen into ``input_ids``, on the device."""
+        if sources is not None:
+            dst, src = (self._to_device(x, torch.int64) for x in sources)
+            input_ids.index_copy_(0, dst, self._prev_tokens.index_select(0, src))
 
     def prepare_prefill(self, seqs: list[Sequence], num_new_tokens: list[int]):
         """Flat inputs for the next ``num_new_tokens[i]`` uncached tokens of each sequence (a
         prompt chunk, or one decode token); queries attend to everything cached before them.
         Also returns each sequence's last row in the flat batch."""
-        ids, positions, slots, cu = [], [], [], [0]
+        ids, positions, cu = [], [], [0]
         for s, n in zip(seqs, num_new_tokens):
             start, end = s.num_cached_tokens, s.num_cached_tokens + n
             ids.extend(s.token_ids[start:end])
             positions.extend(range(start, end))
-            slots.extend(self.block_manager.slot(s, p) for p in range(start, end))
             cu.append(cu[-1] + n)
-        width = max(len(s.block_table) for s in seqs)
+        tables = self._block_tables(seqs)
+        pos = np.asarray(positions, np.int64)
+        seq_of_row = np.repeat(np.arange(len(seqs)), num_new_tokens)
+        slots = tables[seq_of_row, pos // self.block_size].astype(np.int64) * self.block_size + pos % self.block_size
         meta = AttentionMetadata(
             is_prefill=True,
-            slot_mapping=self._to_device(slots, torch.int64),
+            slot_mapping=self._np_to_device(slots),
             context_lens=self._to_device([s.num_cached_tokens + n for s, n in zip(seqs, num_new_tokens)], torch.int32),
-            block_tables=self._to_device(self._block_tables(seqs, width), torch.int32),
+            block_tables=self._np_to_device(tables),
             cu_seqlens_q=self._to_device(cu, torch.int32),
             max_seqlen_q=max(num_new_tokens),
         )
         last_rows = [c - 1 for c in cu[1:]]
-        return self._to_device(ids, torch.int64), self._to_device(positions, torch.int64), meta, last_rows
+        input_ids = self._to_device(ids, torch.int64)
+        # A placeholder can only be a sequence's last token, i.e. the last row of its chunk.
+        self._fill_pending(input_ids, self._pending_sources(seqs, last_rows))
+        return input_ids, self._to_device(positions, torch.int64), meta, last_rows
 
     def prepare_decode(self, seqs: list[Sequence], num_rows: int | None = None) -> None:
         """Fill the first ``num_rows`` (default: one per sequence) rows of the decode buffers.
@@ -123,18 +192,25 @@ class ModelRunner:
         """
         b = len(seqs)
         n = b if num_rows is None else num_rows
-        rows = [[s.token_ids[-1], len(s) - 1, self.block_manager.slot(s, len(s) - 1), len(s)] for s in seqs]
-        rows += [[0, 0, -1, 0]] * (n - b)
-        host = self._to_device(rows, torch.int64)
-        self.decode_input_ids[:n].copy_(host[:, 0])
-        self.decode_positions[:n].copy_(host[:, 1])
-        self.decode_slots[:n].copy_(host[:, 2])
-        self.decode_context_lens[:n].copy_(host[:, 3])
+        tables = self._block_tables(seqs)
+        lens = np.fromiter(map(len, seqs), np.int64, b)
+        pos = lens - 1
+        host = np.zeros((4, n), np.int64)  # token, position, slot, context length
+        host[0, :b] = np.fromiter((s.token_ids[-1] for s in seqs), np.int64, b)
+        host[1, :b] = pos
+        host[2, :b] = tables[np.arange(b), pos // self.block_size].astype(np.int64) * self.block_size \
+            + pos % self.block_size
+        host[2, b:] = -1
+        host[3, :b] = lens
+        dev = self._np_to_device(host)
+        self.decode_input_ids[:n].copy_(dev[0])
+        self.decode_positions[:n].copy_(dev[1])
+        self.decode_slots[:n].copy_(dev[2])
+        self.decode_context_lens[:n].copy_(dev[3])
         # Only the columns in use: entries past a row's context length are never read, so
         # stale ones (and padding rows' tables) are harmless, and the host work stays small.
-        width = max(len(s.block_table) for s in seqs)
-        tables = torch.tensor(self._block_tables(seqs, width), dtype=torch.int32, pin_memory=self.pin)
-        self.decode_block_tables[:b, :width].copy_(tables, non_blocking=True)
+        self.decode_block_tables[:b, : tables.shape[1]].copy_(self._np_to_device(tables))
+        self._fill_pending(self.decode_input_ids, self._pending_sources(seqs, list(range(b))))
 
     # ----- decode: eager, padded to a bucket, or a captured graph ---------------------------
     def _decode_forward(self, num_rows: int) -> torch.Tensor:
@@ -219,6 +295,9 @@ class ModelRunner:
         prompt_mask = torch.zeros(b, vocab, dtype=torch.bool, device=self.device)
         counts = torch.zeros(b, vocab, dtype=torch.int32, device=self.device)
         for i, s in enumerate(seqs):
+            if not s.params.needs_penalties:
+                continue  # neutral penalties: its tokens do not matter (some may be pending)
+            assert not s.num_pending, "penalties need every output token on the host"
             prompt = torch.tensor(s.prompt_token_ids, dtype=torch.int64).clamp_(0, vocab - 1)
             prompt_mask[i, prompt.to(self.device)] = True
             out = s.output_token_ids
@@ -227,7 +306,9 @@ class ModelRunner:
                 counts[i].scatter_add_(0, out_t, torch.ones_like(out_t, dtype=torch.int32))
         return prompt_mask, counts
 
-    def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
+    def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> SampledStep:
+        """Sample one token per row on the device and start copying them to the host; nothing
+        here waits for the device."""
         params = [s.params for s in seqs]
         want_logprobs = [p.logprobs is not None for p in params]
         raw = logits if any(want_logprobs) else None
@@ -243,6 +324,7 @@ class ModelRunner:
         if all(p.greedy for p in params):
             tokens = logits.argmax(dim=-1)
         else:
+            # The RNG step is the number of tokens generated before this one, pending ones included.
             tokens = ops.sample_tokens(
                 logits,
                 self._to_device([p.temperature for p in params], torch.float32),
@@ -252,24 +334,31 @@ class ModelRunner:
                 self._to_device([s.seed for s in seqs], torch.int64),
                 self._to_device([s.num_output_tokens for s in seqs], torch.int64),
             )
-        token_list = tokens.tolist()  # the one device->host sync of a step
+        device_results = [tokens]
         if raw is not None:
-            num_top = max(p.logprobs or 0 for p in params)
-            chosen, top_ids, top_lps = compute_logprobs(raw, tokens, num_top)
-            chosen, top_ids, top_lps = chosen.tolist(), top_ids.tolist(), top_lps.tolist()
-            for i, s in enumerate(seqs):
-                if want_logprobs[i]:
-                    k = s.params.logprobs
-                    top = dict(zip(top_ids[i][:k], top_lps[i][:k]))
-                    s.logprobs.append(TokenLogprobs(token_list[i], chosen[i], top))
-        return token_list
+            device_results += compute_logprobs(raw, tokens, max(p.logprobs or 0 for p in params))
+        host = [self._start_copy_to_host(t) for t in device_results]
+        ready = None
+        if self.device.type == "cuda":
+            ready = torch.cuda.Event()
+            ready.record()
+        self._prev_tokens = tokens
+        self._prev_rows = {s.seq_id: i for i, s in enumerate(seqs)}
+        return SampledStep(seqs, host, ready, want_logprobs)
+
+    def _start_copy_to_host(self, t: torch.Tensor) -> torch.Tensor:
+        if t.device.type != "cuda":
+            return t
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+        return host.copy_(t, non_blocking=True)
 
     # ----- one step --------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, batch: ScheduledBatch) -> list[int]:
-        """One forward pass over ``batch``; returns the tokens of ``batch.sampling_seqs``.
+    def run(self, batch: ScheduledBatch) -> SampledStep | None:
+        """Launch one forward pass over ``batch`` and the sampling of ``batch.sampling_seqs``;
+        returns without waiting for the device (None when no row samples a token).
 
-        Does not advance ``num_cached_tokens``: the scheduler does that after the step.
+        Does not advance ``num_cached_tokens``: the scheduler does that after the launch.
         """
         if batch.is_pure_decode:
             seqs = batch.seqs
@@ -279,7 +368,7 @@ class ModelRunner:
             input_ids, positions, meta, last_rows = self.prepare_prefill(batch.seqs, batch.num_new_tokens)
             hidden = self.model(input_ids, positions, meta)
             if not seqs:  # only partial prompt chunks: no logits needed
-                return []
+                return None
             rows = [r for r, p in zip(last_rows, batch.produces_token) if p]
             hidden = hidden[self._to_device(rows, torch.int64)]
             logits = self.model.compute_logits(hidden).float()

@@ -88,8 +88,8 @@ class Scheduler:
         kept: deque[Sequence] = deque()
         while self.running:
             seq = self.running.popleft()
-            if self._is_prefilling(seq):
-                kept.append(seq)
+            if self._is_prefilling(seq) or seq.reached_length_limit:
+                kept.append(seq)  # a prompt chunk comes below; a length-finished one waits for its tokens
                 continue
             while not bm.can_append(seq):
                 preempted = True
@@ -129,9 +129,8 @@ class Scheduler:
         return batch
 
     def mark_computed(self, batch: ScheduledBatch) -> None:
-        """After the forward pass: the batch's tokens are in the cache (full blocks get cached).
-
-        Call before appending the sampled tokens."""
+        """Once the batch's forward pass is launched: its tokens are in the cache in stream
+        order (full blocks get cached). Call before appending the sampled tokens."""
         for seq, n in zip(batch.seqs, batch.num_new_tokens):
             if not seq.is_finished:
                 self.block_manager.mark_computed(seq, n)

@@ -34,6 +34,7 @@ class LLM:
         enable_prefix_caching: bool = True,
         progress: bool = True,
         enforce_eager: bool = False,
+        async_scheduling: bool = True,
     ):
         self.engine = LLMEngine(
             EngineArgs(
@@ -41,7 +42,7 @@ class LLM:
                 max_model_len=max_model_len, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
                 max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                 block_size=block_size, enable_prefix_caching=enable_prefix_caching, progress=progress,
-                enforce_eager=enforce_eager,
+                enforce_eager=enforce_eager, async_scheduling=async_scheduling,
             )
         )
         self.tokenizer = self.engine.tokenizer
@@ -96,7 +97,7 @@ class LLM:
         try:
             for i, (prompt, p) in enumerate(zip(prompts, params)):
                 ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-                seqs.append(engine.add_request(ids, p, request_id=i))
+                seqs.append(engine.add_request(ids, p, request_id=i, stream_text=False))  # text at the end
             bar = tqdm(total=len(seqs), desc="Generating", disable=not use_tqdm or len(seqs) < 2, leave=False)
             with bar:
                 while engine.has_unfinished():

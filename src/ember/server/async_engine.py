@@ -207,7 +207,7 @@ class AsyncEngine:
             seq = out.seq
             logprobs = seq.logprobs[-1] if seq.params.logprobs is not None and seq.logprobs else None
             event = TokenEvent(index, out.token_id, out.text, logprobs, out.finished, seq.finish_reason,
-                               seq.num_prompt_tokens, seq.num_output_tokens)
+                               seq.num_prompt_tokens, out.num_output_tokens)
             batches.setdefault(id(group), (group, []))[1].append(event)
             self._record_timing(group, index, seq, now, out.finished)
             if out.finished:

@@ -73,6 +73,18 @@ class IncrementalDetokenizer:
         self._ids.append(token_id)
         return self._release(self._decode_step(), final=False)
 
+    @property
+    def has_stop_strings(self) -> bool:
+        return bool(self._stop)
+
+    def add_final(self, token_ids: Sequence[int]) -> str:
+        """All of a finished output's (remaining) ids at once, then ``flush``: one decode
+        instead of one per token, for callers that only want the final text."""
+        if self.stopped:
+            return ""
+        self._ids.extend(token_ids)
+        return self.flush()
+
     def flush(self) -> str:
         """At the end of generation: everything still held back (unfinished characters as U+FFFD)."""
         if self.stopped:
