@@ -52,7 +52,11 @@ def event_ms(fn, reps: int) -> float:
 
 def phased_step(engine) -> dict:
     """One decode step with a sync after each phase: host-side cost of each (ms)."""
-    t = {}
+    from ember.engine.model_runner import pick_bucket
+
+    if engine._inflight is not None:  # async scheduling: read the launched step first
+        engine._process(engine._inflight)
+        engine._inflight = None
     sync = torch.cuda.synchronize
     sync()
     t0 = time.perf_counter()
@@ -60,7 +64,6 @@ def phased_step(engine) -> dict:
     t1 = time.perf_counter()
     runner = engine.runner
     seqs = batch.seqs
-    from ember.engine.model_runner import pick_bucket
     bucket = pick_bucket(runner.decode_buckets, len(seqs))
     runner.prepare_decode(seqs, num_rows=bucket)
     sync()
@@ -69,17 +72,15 @@ def phased_step(engine) -> dict:
     t3 = time.perf_counter()
     sync()
     t4 = time.perf_counter()
-    logits = runner.graph_logits[: len(seqs)]
-    tokens = runner.sample(seqs, logits)
+    sampled = runner.sample(seqs, runner.graph_logits[: len(seqs)])
+    sampled.wait()
     t5 = time.perf_counter()
     engine.scheduler.mark_computed(batch)
-    for seq, token in zip(batch.sampling_seqs, tokens):
-        seq.append(token)
-        _, finished = engine._check_stop(seq, token)
-        if finished:
-            engine.scheduler.finish(seq)
+    for seq in batch.sampling_seqs:
+        seq.append_pending()
+    engine._process(sampled)
     t6 = time.perf_counter()
-    t.update(schedule=t1 - t0, prepare=t2 - t1, replay_launch=t3 - t2, replay_wait=t4 - t3, sample=t5 - t4,
+    t = dict(schedule=t1 - t0, prepare=t2 - t1, replay_launch=t3 - t2, replay_wait=t4 - t3, sample=t5 - t4,
              postprocess=t6 - t5)
     return {k: 1000 * v for k, v in t.items()}
 
@@ -105,7 +106,7 @@ def measure_shape(shape: str, root: Path, batch_sizes: list[int], copy_rate: flo
     out = {"shape": shape, "weight_bytes": weight_bytes, "decode_read_bytes": read_bytes,
            "floor_ms": 1000 * read_bytes / copy_rate, "batches": {}}
     for b in batch_sizes:
-        params = SamplingParams(temperature=0.0, max_tokens=400, ignore_eos=True)
+        params = SamplingParams(temperature=0.0, max_tokens=600, ignore_eos=True)
         seqs = [engine.add_request([1000 + 7 * i + j for j in range(128)], params) for i in range(b)]
         while not all(s.num_output_tokens >= 1 for s in seqs):
             engine.step()
@@ -118,18 +119,28 @@ def measure_shape(shape: str, root: Path, batch_sizes: list[int], copy_rate: flo
             engine.step()
         torch.cuda.synchronize()
         wall_ms = 1000 * (time.perf_counter() - t) / n
+        engine.args.async_scheduling = False  # the same steps, each waiting for its own tokens
+        engine.step()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            engine.step()
+        torch.cuda.synchronize()
+        wall_sync_ms = 1000 * (time.perf_counter() - t) / n
+        engine.args.async_scheduling = True
         phases = [phased_step(engine) for _ in range(30)]
         phases_med = {k: sorted(p[k] for p in phases)[len(phases) // 2] for k in phases[0]}
         from ember.engine.model_runner import pick_bucket
+
         bucket = pick_bucket(engine.runner.decode_buckets, b)
         graph = engine.runner.decode_graphs[bucket]
         gpu_ms = event_ms(graph.replay, 100)
         kernels = kernels_of_replay(graph)
         for s in seqs:
             engine.abort(s)
-        r = {"wall_ms_per_step": wall_ms, "graph_gpu_ms": gpu_ms, "phases_ms": phases_med, "kernels": kernels}
+        r = {"wall_ms_per_step": wall_ms, "wall_ms_per_step_sync": wall_sync_ms, "graph_gpu_ms": gpu_ms, "phases_ms": phases_med, "kernels": kernels}
         out["batches"][b] = r
-        print(f"{shape} b={b}: wall {wall_ms:.3f} ms/step, graph GPU {gpu_ms:.3f} ms, floor(weights) "
+        print(f"{shape} b={b}: wall {wall_ms:.3f} ms/step (sync {wall_sync_ms:.3f}), graph GPU {gpu_ms:.3f} ms, floor(weights) "
               f"{out['floor_ms']:.3f} ms; phases " + ", ".join(f"{k} {v:.3f}" for k, v in phases_med.items()),
               flush=True)
         for k in kernels[:12]:
