@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
-# One device call: every GPU test, then `ember bench` on Qwen3-8B and -0.6B shapes (dummy weights).
+# The device calls that produce the committed results (Qwen3-0.6B/8B shapes, dummy weights).
+# Usage: bash benchmarks/gpu_final.sh STEP...   with STEP among
+#   tests        every GPU test of the engine, graphs and projections
+#   breakdown    benchmarks/step_breakdown.py (graph GPU time, host phases, kernels)
+#   throughput   benchmarks/throughput.py: 0.6B with HF in the same run, 8B Ember alone
+#   bench        ember bench: 8B and 0.6B grids, plus --compare hf --profile runs
+#   serve        benchmarks/serve_load.py against ember serve (needs the .whl folder carried)
 set -uo pipefail
 OUT=${OUT:-/tmp/ember_gpu_out}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 EMBER_GPU_REPORT=$OUT/gpu_report.jsonl
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader | tee "$OUT/pytest_gpu.log"
-python3 -m pytest -q -m gpu -p no:cacheprovider tests 2>&1 | tee -a "$OUT/pytest_gpu.log" | tail -15
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
 python3 - <<'PY'
 import json, shutil
 from pathlib import Path
@@ -16,7 +21,27 @@ for s in ("0.6B", "8B"):
     for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         shutil.copy(Path("tests/data/qwen3-tokenizer") / f, d / f)
 PY
-python3 -m ember.cli.main bench -m /tmp/qwen3-8B --load-format dummy --batch-sizes 1,32 --prompt-lens 128,2048,8192 \
-  --gen-len 128 --reps 2 --out "$OUT/bench-8B" 2>&1 | tail -20
-python3 -m ember.cli.main bench -m /tmp/qwen3-0.6B --load-format dummy --batch-sizes 1,32 --prompt-lens 128 \
-  --gen-len 256 --reps 3 --out "$OUT/bench-0.6B" 2>&1 | tail -12
+bench() { python3 -m ember.cli.main bench --load-format dummy "$@" 2>&1 | tail -14; }
+for step in "$@"; do
+  case $step in
+    tests) timeout 330 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu tests/engine tests/ops/test_linear.py \
+             2>&1 | tee "$OUT/pytest_gpu.log" | tail -6 ;;
+    breakdown) timeout 200 python3 benchmarks/step_breakdown.py --shapes 0.6B,8B --batch-sizes 1,32 \
+             --out "$OUT/step_breakdown.json" 2>&1 | grep -v -i warn | tee "$OUT/step_breakdown.txt" ;;
+    throughput)
+      timeout 240 python3 benchmarks/throughput.py -m /tmp/qwen3-0.6B --load-format dummy --compare hf \
+        --hf-batch-size 64 --out "$OUT/tp-0.6B" 2>&1 | grep -E "^\| |throughput: (Ember|HF):"
+      timeout 150 python3 benchmarks/throughput.py -m /tmp/qwen3-8B --load-format dummy --out "$OUT/tp-8B" 2>&1 \
+        | grep -E "^\| |throughput: Ember:" ;;
+    bench)
+      bench -m /tmp/qwen3-8B --batch-sizes 1,32 --prompt-lens 128,2048,8192 --gen-len 128 --reps 2 --out "$OUT/b8"
+      bench -m /tmp/qwen3-8B --batch-sizes 1,32 --prompt-lens 128 --gen-len 64 --reps 1 --compare hf --profile \
+        --out "$OUT/b8hf"
+      bench -m /tmp/qwen3-0.6B --batch-sizes 1,32 --prompt-lens 128 --gen-len 256 --reps 3 --compare hf --profile \
+        --out "$OUT/b06" ;;
+    serve)
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+      PYTHONPATH=$PYTHONPATH:/tmp/site timeout 240 python3 benchmarks/serve_load.py -m /tmp/qwen3-0.6B \
+        --load-format dummy --concurrency 1,16,64 --num-requests 64 --max-seconds 40 --out "$OUT/serve" 2>&1 | tail -12 ;;
+  esac
+done

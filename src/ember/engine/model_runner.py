@@ -115,6 +115,17 @@ class ModelRunner:
         # next step reads a token the host has not seen yet from here.
         self._prev_tokens: torch.Tensor | None = None
         self._prev_rows: dict[int, int] = {}
+        # Host staging for decode inputs and sampled tokens, two sets used on alternate launches.
+        # A set is refilled two launches later, when its copies are long done: the launch in
+        # between waited for this one's tokens (recorded after its input copies) before going on.
+        self._parity = 0
+        self._staging = [
+            {"rows": torch.zeros(4, n, dtype=torch.int64, pin_memory=self.pin),
+             "tables": torch.zeros(n, self.max_blocks_per_seq, dtype=torch.int32, pin_memory=self.pin),
+             "tokens": torch.zeros(n, dtype=torch.int64, pin_memory=self.pin),
+             "ready": torch.cuda.Event() if self.pin else None}
+            for _ in range(2)
+        ]
         if device.type == "cuda" and not enforce_eager:
             self.capture_decode_graphs(max_num_seqs)
 
@@ -152,9 +163,14 @@ class ModelRunner:
 
     def _fill_pending(self, input_ids: torch.Tensor, sources) -> None:
         """Copy sampled tokens the host has not seen into ``input_ids``, on the device."""
-        if sources is not None:
-            dst, src = (self._to_device(x, torch.int64) for x in sources)
-            input_ids.index_copy_(0, dst, self._prev_tokens.index_select(0, src))
+        if sources is None:
+            return
+        dst, src = sources
+        if dst == src == list(range(len(dst))):  # steady decode: same rows as the last step
+            input_ids[: len(dst)].copy_(self._prev_tokens[: len(dst)])
+            return
+        dst, src = (self._to_device(x, torch.int64) for x in sources)
+        input_ids.index_copy_(0, dst, self._prev_tokens.index_select(0, src))
 
     def prepare_prefill(self, seqs: list[Sequence], num_new_tokens: list[int]):
         """Flat inputs for the next ``num_new_tokens[i]`` uncached tokens of each sequence (a
@@ -192,24 +208,26 @@ class ModelRunner:
         """
         b = len(seqs)
         n = b if num_rows is None else num_rows
+        staging = self._staging[self._parity]
         tables = self._block_tables(seqs)
+        width = tables.shape[1]
         lens = np.fromiter(map(len, seqs), np.int64, b)
         pos = lens - 1
-        host = np.zeros((4, n), np.int64)  # token, position, slot, context length
+        host = staging["rows"].numpy()[:, :n]  # token, position, slot, context length
         host[0, :b] = np.fromiter((s.token_ids[-1] for s in seqs), np.int64, b)
         host[1, :b] = pos
         host[2, :b] = tables[np.arange(b), pos // self.block_size].astype(np.int64) * self.block_size \
             + pos % self.block_size
-        host[2, b:] = -1
         host[3, :b] = lens
-        dev = self._np_to_device(host)
-        self.decode_input_ids[:n].copy_(dev[0])
-        self.decode_positions[:n].copy_(dev[1])
-        self.decode_slots[:n].copy_(dev[2])
-        self.decode_context_lens[:n].copy_(dev[3])
+        host[:, b:] = [[0], [0], [-1], [0]]
+        staging["tables"].numpy()[:b, :width] = tables
+        rows = staging["rows"]
+        for dst, i in ((self.decode_input_ids, 0), (self.decode_positions, 1), (self.decode_slots, 2),
+                       (self.decode_context_lens, 3)):
+            dst[:n].copy_(rows[i, :n], non_blocking=True)
         # Only the columns in use: entries past a row's context length are never read, so
         # stale ones (and padding rows' tables) are harmless, and the host work stays small.
-        self.decode_block_tables[:b, : tables.shape[1]].copy_(self._np_to_device(tables))
+        self.decode_block_tables[:b, :width].copy_(staging["tables"][:b, :width], non_blocking=True)
         self._fill_pending(self.decode_input_ids, self._pending_sources(seqs, list(range(b))))
 
     # ----- decode: eager, padded to a bucket, or a captured graph ---------------------------
@@ -337,20 +355,20 @@ class ModelRunner:
         device_results = [tokens]
         if raw is not None:
             device_results += compute_logprobs(raw, tokens, max(p.logprobs or 0 for p in params))
-        host = [self._start_copy_to_host(t) for t in device_results]
-        ready = None
+        staging = self._staging[self._parity]
         if self.device.type == "cuda":
-            ready = torch.cuda.Event()
+            tokens_host = staging["tokens"][: len(seqs)].copy_(tokens, non_blocking=True)
+            # Rare (logprobs): fresh pinned buffers, freed by the caching host allocator once copied.
+            host = [tokens_host, *(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                                   for t in device_results[1:])]
+        else:
+            host = device_results
+        ready = staging["ready"]
+        if ready is not None:
             ready.record()
         self._prev_tokens = tokens
         self._prev_rows = {s.seq_id: i for i, s in enumerate(seqs)}
         return SampledStep(seqs, host, ready, want_logprobs)
-
-    def _start_copy_to_host(self, t: torch.Tensor) -> torch.Tensor:
-        if t.device.type != "cuda":
-            return t
-        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
-        return host.copy_(t, non_blocking=True)
 
     # ----- one step --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -360,6 +378,7 @@ class ModelRunner:
 
         Does not advance ``num_cached_tokens``: the scheduler does that after the launch.
         """
+        self._parity ^= 1
         if batch.is_pure_decode:
             seqs = batch.seqs
             logits = self.decode_logits(seqs)

@@ -53,8 +53,61 @@ class SkinnyConfig(NamedTuple):
 
 # (op, N, K, M rounded up to a power of two) -> SkinnyConfig fields, or None where the Triton kernel
 # lost: "linear" then uses cuBLAS, "silu_mul_linear" runs ops.silu_mul, then ops.linear.
-# Fill from the dict that benchmarks/gemv_sweep.py prints; shapes it lacks use the heuristic.
-SKINNY_TABLE: dict[tuple[str, int, int, int], tuple | None] = {}
+# Filled from the dict that benchmarks/gemv_sweep.py prints; shapes it lacks use the heuristic.
+# Measured on an H200 (benchmarks/results/2026-11-22-h200-gemv-sweep.txt): Qwen3-0.6B and -8B.
+SKINNY_TABLE: dict[tuple[str, int, int, int], tuple | None] = {
+    # (op, N, K, M bucket): (block_n, block_k, split_k, num_warps, num_stages, dot), None = fallback
+    ("linear", 4096, 1024, 1): (4, 512, 1, 4, 3, False),
+    ("linear", 4096, 1024, 2): (64, 128, 1, 4, 4, True),
+    ("linear", 4096, 1024, 4): (64, 128, 1, 4, 4, True),
+    ("linear", 4096, 1024, 8): (64, 128, 1, 4, 4, True),
+    ("linear", 4096, 1024, 16): (64, 128, 1, 4, 4, True),
+    ("linear", 1024, 2048, 1): (4, 512, 1, 4, 3, False),
+    ("linear", 1024, 2048, 2): (64, 128, 4, 4, 4, True),
+    ("linear", 1024, 2048, 4): (64, 128, 4, 4, 4, True),
+    ("linear", 1024, 2048, 8): (64, 128, 4, 4, 4, True),
+    ("linear", 1024, 2048, 16): (64, 128, 4, 4, 4, True),
+    ("linear", 6144, 1024, 1): (64, 128, 1, 4, 4, True),
+    ("linear", 6144, 1024, 2): (64, 128, 1, 4, 4, True),
+    ("linear", 6144, 1024, 4): (64, 128, 1, 4, 4, True),
+    ("linear", 6144, 1024, 8): (64, 128, 1, 4, 4, True),
+    ("linear", 6144, 1024, 16): (64, 128, 1, 4, 4, True),
+    ("linear", 1024, 3072, 1): (64, 128, 4, 4, 4, True),
+    ("linear", 1024, 3072, 2): (64, 128, 4, 4, 4, True),
+    ("linear", 1024, 3072, 4): (64, 128, 4, 4, 4, True),
+    ("linear", 1024, 3072, 8): (64, 128, 4, 4, 4, True),
+    ("linear", 1024, 3072, 16): (64, 128, 4, 4, 4, True),
+    ("silu_mul_linear", 1024, 3072, 1): (8, 512, 2, 4, 3, False),
+    ("silu_mul_linear", 1024, 3072, 2): (8, 512, 2, 4, 3, False),
+    ("silu_mul_linear", 1024, 3072, 4): None,
+    ("silu_mul_linear", 1024, 3072, 8): None,
+    ("silu_mul_linear", 1024, 3072, 16): None,
+    ("linear", 6144, 4096, 1): (64, 256, 1, 4, 3, True),
+    ("linear", 6144, 4096, 2): (64, 256, 1, 4, 3, True),
+    ("linear", 6144, 4096, 4): (64, 256, 1, 4, 3, True),
+    ("linear", 6144, 4096, 8): (64, 256, 1, 4, 3, True),
+    ("linear", 6144, 4096, 16): (64, 256, 1, 4, 3, True),
+    ("linear", 4096, 4096, 1): (64, 128, 2, 4, 4, True),
+    ("linear", 4096, 4096, 2): (64, 128, 2, 4, 4, True),
+    ("linear", 4096, 4096, 4): (64, 128, 2, 4, 4, True),
+    ("linear", 4096, 4096, 8): (64, 128, 2, 4, 4, True),
+    ("linear", 4096, 4096, 16): (64, 128, 2, 4, 4, True),
+    ("linear", 24576, 4096, 1): None,
+    ("linear", 24576, 4096, 2): None,
+    ("linear", 24576, 4096, 4): None,
+    ("linear", 24576, 4096, 8): (64, 128, 1, 4, 4, True),
+    ("linear", 24576, 4096, 16): None,
+    ("linear", 4096, 12288, 1): (64, 128, 4, 4, 4, True),
+    ("linear", 4096, 12288, 2): (64, 128, 4, 4, 4, True),
+    ("linear", 4096, 12288, 4): (64, 128, 4, 4, 4, True),
+    ("linear", 4096, 12288, 8): (64, 128, 4, 4, 4, True),
+    ("linear", 4096, 12288, 16): (64, 128, 4, 4, 4, True),
+    ("silu_mul_linear", 4096, 12288, 1): (64, 128, 4, 4, 4, True),
+    ("silu_mul_linear", 4096, 12288, 2): (64, 128, 4, 4, 4, True),
+    ("silu_mul_linear", 4096, 12288, 4): (64, 128, 4, 4, 4, True),
+    ("silu_mul_linear", 4096, 12288, 8): (64, 128, 4, 4, 4, True),
+    ("silu_mul_linear", 4096, 12288, 16): (64, 128, 4, 4, 4, True),
+}
 
 
 def _heuristic_config(m: int, n: int, k: int, op: str) -> SkinnyConfig:
