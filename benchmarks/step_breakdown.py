@@ -96,8 +96,9 @@ def kernels_of_replay(graph, reps: int = 5) -> list[dict]:
     return [{"kernel": k[:90], "calls_per_step": c, "us_per_step": us} for k, c, us in rows[:25]]
 
 
-def measure_shape(shape: str, root: Path, batch_sizes: list[int], copy_rate: float) -> dict:
-    llm = LLM(folder(shape, root), load_format="dummy", device="cuda", max_model_len=4096,
+def measure_shape(shape: str, root: Path, batch_sizes: list[int], copy_rate: float, prompt_len: int = 128,
+                  gemms: bool = True) -> dict:
+    llm = LLM(folder(shape, root), load_format="dummy", device="cuda", max_model_len=prompt_len + 1024,
               max_num_seqs=max(batch_sizes), progress=False, enable_prefix_caching=False)
     engine = llm.engine
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.model.parameters())
@@ -107,7 +108,7 @@ def measure_shape(shape: str, root: Path, batch_sizes: list[int], copy_rate: flo
            "floor_ms": 1000 * read_bytes / copy_rate, "batches": {}}
     for b in batch_sizes:
         params = SamplingParams(temperature=0.0, max_tokens=600, ignore_eos=True)
-        seqs = [engine.add_request([1000 + 7 * i + j for j in range(128)], params) for i in range(b)]
+        seqs = [engine.add_request([1000 + 7 * i + j for j in range(prompt_len)], params) for i in range(b)]
         while not all(s.num_output_tokens >= 1 for s in seqs):
             engine.step()
         for _ in range(10):
@@ -147,6 +148,10 @@ def measure_shape(shape: str, root: Path, batch_sizes: list[int], copy_rate: flo
             print(f"    {k['us_per_step']:8.1f} us  x{k['calls_per_step']:5.0f}  {k['kernel']}")
     # cuBLAS projection GEMMs at small M, under a graph, as a share of the copy rate.
     cfg = engine.config
+    if not gemms:
+        del llm, engine
+        torch.cuda.empty_cache()
+        return out
     h, i, q, kv = cfg.hidden_size, cfg.intermediate_size, cfg.num_attention_heads * cfg.head_dim, \
         cfg.num_key_value_heads * cfg.head_dim
     gemms = {"qkv": (q + 2 * kv, h), "o": (h, q), "gate_up": (2 * i, h), "down": (h, i), "lm_head": (cfg.vocab_size, h)}
@@ -175,6 +180,8 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shapes", default="0.6B,8B")
     p.add_argument("--batch-sizes", default="1,32")
+    p.add_argument("--prompt-len", type=int, default=128)
+    p.add_argument("--no-gemms", action="store_true", help="skip the cuBLAS projection timings")
     p.add_argument("--out", type=Path, default=Path("step_breakdown.json"))
     a = p.parse_args()
     copy_rate = measure_copy_rate(torch.device("cuda"))["bytes_per_s"]
@@ -182,7 +189,8 @@ def main() -> None:
     results = {"copy_rate": copy_rate, "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "shapes": []}
     with tempfile.TemporaryDirectory() as root:
         for s in a.shapes.split(","):
-            results["shapes"].append(measure_shape(s, Path(root), [int(b) for b in a.batch_sizes.split(",")], copy_rate))
+            batch_sizes = [int(b) for b in a.batch_sizes.split(",")]
+            results["shapes"].append(measure_shape(s, Path(root), batch_sizes, copy_rate, a.prompt_len, not a.no_gemms))
     a.out.write_text(json.dumps(results, indent=1))
 
 

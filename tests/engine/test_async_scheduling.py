@@ -109,3 +109,17 @@ def test_text_decoded_at_the_end_equals_streamed_text(tiny_checkpoint, stops):
     assert [streamed[s.seq_id] for s in seqs] == at_end
     assert all(engine.output_text(s) == t for s, t in zip(seqs, at_end))
     assert sum(bool(t) for t in at_end) >= 5
+
+
+def test_warm_up_leaves_no_trace(tiny_checkpoint):
+    """The start-up warm-up (run on CUDA) changes no later output, counter or cache state."""
+    prompts = ["Hello, my name is", "x"]
+    params = SamplingParams(temperature=0.8, max_tokens=6, ignore_eos=True)  # seeds from the engine's RNG
+    cold = make_llm(tiny_checkpoint, async_scheduling=True)
+    want = [o.outputs[0].token_ids for o in cold.generate(prompts, params, use_tqdm=False)]
+    warm = make_llm(tiny_checkpoint, async_scheduling=True)
+    warm.engine.warm_up()
+    stats = warm.engine.stats()
+    assert stats["kv_blocks_used"] == stats["prefix_cache_queries"] == stats["num_preemptions"] == 0
+    assert not warm.engine.block_manager.cached_blocks
+    assert [o.outputs[0].token_ids for o in warm.generate(prompts, params, use_tqdm=False)] == want

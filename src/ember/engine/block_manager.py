@@ -168,5 +168,15 @@ class BlockManager:
         seq.num_cached_tokens = 0
         seq.num_registered_blocks = 0
 
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached block and the hit counters (all blocks must be free)."""
+        if any(self.ref_counts):
+            raise RuntimeError("reset_prefix_cache() while blocks are in use")
+        self.free_blocks.extend(self.evictable)
+        self.evictable.clear()
+        self.cached_blocks.clear()
+        self.block_keys.clear()
+        self.prefix_cache_queries = self.prefix_cache_hits = 0
+
     def slot(self, seq: Sequence, position: int) -> int:
         return seq.block_table[position // self.block_size] * self.block_size + position % self.block_size
