@@ -20,6 +20,7 @@ import random
 import shlex
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -78,14 +79,17 @@ def run_ember(path: str, args, load_format: str, device: torch.device, prompts, 
     engine = llm.engine
     preemptions = engine.scheduler.num_preemptions
     reset_peak_memory(device)
+    steps = record_steps(engine)
     start = now(device)
     outs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = now(device) - start
+    del engine.step  # back to the class's method
     generated = [len(o.outputs[0].token_ids) for o in outs]
     if generated != out_lens:  # ignore_eos: anything else means the run did not do the workload
         raise RuntimeError(f"Ember generated {sum(generated)} tokens, expected {sum(out_lens)}")
     result = {
         **figures(elapsed, sum(map(len, prompts)), sum(generated)),
+        "steps": summarize_steps(steps),
         "preemptions": engine.scheduler.num_preemptions - preemptions,
         "peak_memory_bytes": peak_memory_bytes(device),
         "engine": kv_cache_info(llm),
@@ -95,6 +99,37 @@ def run_ember(path: str, args, load_format: str, device: torch.device, prompts, 
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the HF run gets the memory back
     return result
+
+
+def record_steps(engine) -> list[tuple[int, int, float]]:
+    """Per engine step from now on: (decode rows, prompt tokens, wall seconds) of the batch it
+    scheduled. With async scheduling a step's wall time is its launch plus the wait for the
+    step before, so it stands for the GPU time of the batch launched one step earlier."""
+    log, step = [], engine.step
+
+    def timed_step():
+        t = time.perf_counter()
+        outputs = step()
+        batch = getattr(engine, "_last_batch", None)
+        rows = batch.num_new_tokens if batch is not None else []
+        log.append((sum(n == 1 for n in rows), sum(n for n in rows if n > 1), time.perf_counter() - t))
+        return outputs
+
+    engine.step = timed_step
+    return log
+
+
+def summarize_steps(log: list[tuple[int, int, float]]) -> dict:
+    """Where the wall time went: steps with prompt tokens, and pure decode steps by batch size."""
+    groups: dict[str, list[float]] = {}
+    for decode_rows, prompt_tokens, seconds in log:
+        if prompt_tokens:
+            key = "with_prompt_tokens"
+        else:
+            key = next(f"decode_{lo}-{hi}" for lo, hi in ((0, 16), (17, 64), (65, 128), (129, 192), (193, 1 << 30))
+                       if lo <= decode_rows <= hi)
+        groups.setdefault(key, []).append(seconds)
+    return {k: {"steps": len(v), "seconds": sum(v), "ms_per_step": 1000 * sum(v) / len(v)} for k, v in sorted(groups.items())}
 
 
 # ----- HF transformers ----------------------------------------------------------------------------
@@ -158,6 +193,11 @@ def markdown(r: dict) -> str:
         f"{r['ember']['preemptions']}",
         "",
         report._md_table(["engine", "elapsed s", "output tok/s", "total tok/s", "peak mem GiB"], rows),
+        "",
+        "Ember's steps (wall time; with async scheduling a step's time is mostly the GPU time of the batch "
+        "launched one step earlier): " + "; ".join(f"{k}: {v['steps']} steps, {v['seconds']:.2f} s "
+                                                   f"({v['ms_per_step']:.2f} ms each)"
+                                                   for k, v in r["ember"].get("steps", {}).items()),
     ]
     if r["hf"]:
         subset = (f" HF ran the first {r['hf']['num_requests']} of the {w['num_requests']} requests; its tok/s is "

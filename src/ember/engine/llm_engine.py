@@ -128,6 +128,7 @@ class LLMEngine:
         )
         self.detokenizers: dict[int, IncrementalDetokenizer] = {}
         self._inflight = None  # the launched step whose tokens the host has not read yet
+        self._last_batch = None  # what the last step scheduled (for diagnostics)
         self.rng = random.Random(args.seed)
         if self.device.type == "cuda":
             self.warm_up()
@@ -216,7 +217,7 @@ class LLMEngine:
         if inflight is not None and any(p.needs_penalties for p in (s.params for s in inflight.seqs)):
             outputs += self._process(inflight)
             inflight = None
-        batch = self.scheduler.schedule()
+        batch = self._last_batch = self.scheduler.schedule()
         launched = None
         if batch.seqs:
             launched = self.runner.run(batch)
