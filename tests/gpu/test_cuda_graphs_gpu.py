@@ -116,3 +116,27 @@ def test_graph_decode_step_syncs_once(model_dir):
     assert len(syncs) <= len(one_tolist), syncs
     while engine.has_unfinished():
         engine.step()
+
+
+def test_graph_decode_with_pdl_matches_without(model_dir, monkeypatch):
+    """The tests above run with Programmatic Dependent Launch (the default on sm_90+); the same
+    engine with EMBER_DISABLE_PDL=1 must give the same greedy tokens, graphs and eager alike."""
+    from ember.ops.dispatch import pdl_enabled
+
+    monkeypatch.delenv("EMBER_DISABLE_PDL", raising=False)
+    if torch.cuda.get_device_capability()[0] >= 9:
+        assert pdl_enabled(torch.device("cuda"))
+    got = {}
+    for pdl in (True, False):
+        if not pdl:
+            monkeypatch.setenv("EMBER_DISABLE_PDL", "1")
+        llm = make_llm(model_dir, "bfloat16")
+        assert sorted(llm.engine.runner.decode_graphs) == [1, 2, 4, 8, 16, 24, 32]
+        got[pdl] = generate_all(llm)
+        del llm
+        free_gpu()
+    same = {b: sum(g == w for g, w in zip(got[True][b], got[False][b])) for b in BATCH_SIZES}
+    with REPORT.open("a") as f:
+        f.write(json.dumps(dict(test="cuda_graph_pdl_vs_no_pdl", identical_seqs=same, batch_sizes=BATCH_SIZES)) + "\n")
+    for b in BATCH_SIZES:
+        assert got[True][b] == got[False][b], f"batch {b}: {same[b]}/{b} sequences identical"

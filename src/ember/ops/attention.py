@@ -13,7 +13,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ember.ops.dispatch import use_triton
+from ember.ops.dispatch import pdl_enabled, pdl_sync, use_triton
 
 # ---------------------------------------------------------------- tunables (H100 / H200)
 PREFILL_BLOCK_M = 64  # query rows per program
@@ -262,7 +262,12 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_p
                          NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                          NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, MERGE_CHUNK: tl.constexpr,
-                         UPCAST_DOT: tl.constexpr):
+                         UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr):
+    # Every program, empty split or not, waits before its first access: context lengths, block
+    # tables, q, the KV cache (the previous kernel stored this step's K/V), the partials and the
+    # counters (the previous launch's last program resets them) all follow earlier work.
+    if USE_PDL:
+        pdl_sync()
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -343,14 +348,15 @@ def paged_decode_attention_triton(
     block_g = triton.next_power_of_2(group)
     per_step = max(1, DECODE_MERGE_ELEMS // (block_g * head_dim))  # splits merged per step: a power of two
     merge_chunk = min(triton.next_power_of_2(num_splits), 1 << (per_step.bit_length() - 1))
+    use_pdl = pdl_enabled(q.device)
     _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
         q, k_cache, v_cache, out, partial_acc, partial_stats, counters, block_tables, context_lens,
         scale * math.log2(math.e), q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_H=max(DECODE_MIN_ROWS, triton.next_power_of_2(group)),
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits,
-        BLOCK_G=block_g, MERGE_CHUNK=merge_chunk, UPCAST_DOT=upcast_dot,
-        num_warps=DECODE_NUM_WARPS, num_stages=DECODE_NUM_STAGES)
+        BLOCK_G=block_g, MERGE_CHUNK=merge_chunk, UPCAST_DOT=upcast_dot, USE_PDL=use_pdl,
+        num_warps=DECODE_NUM_WARPS, num_stages=DECODE_NUM_STAGES, launch_pdl=use_pdl)
     return out
 
 

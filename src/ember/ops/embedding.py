@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ember.ops.dispatch import use_triton
+from ember.ops.dispatch import pdl_enabled, pdl_sync, use_triton
 
 # Columns copied per program: 1024 bf16 = 2 KiB, enough for wide vector loads with 4 warps.
 _BLOCK_H = 1024
@@ -29,7 +29,10 @@ def _embedding_kernel(
     weight_row_stride,
     out_row_stride,
     BLOCK_H: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:  # token ids may come from the previous kernel (sampling): nothing is touched before
+        pdl_sync()
     token = tl.program_id(0)
     cols = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
     mask = cols < hidden_size
@@ -49,6 +52,7 @@ def embedding_triton(token_ids: torch.Tensor, weight: torch.Tensor) -> torch.Ten
     token_ids = token_ids.contiguous()
     block_h = min(_BLOCK_H, triton.next_power_of_2(hidden_size))
     grid = (num_tokens, triton.cdiv(hidden_size, block_h))
+    use_pdl = pdl_enabled(weight.device)
     _embedding_kernel[grid](
         token_ids,
         weight,
@@ -57,7 +61,9 @@ def embedding_triton(token_ids: torch.Tensor, weight: torch.Tensor) -> torch.Ten
         weight.stride(0),
         out.stride(0),
         BLOCK_H=block_h,
+        USE_PDL=use_pdl,
         num_warps=4,
+        launch_pdl=use_pdl,
     )
     return out
 

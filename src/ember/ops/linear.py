@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from ember.ops.activation import silu_mul
-from ember.ops.dispatch import use_triton
+from ember.ops.dispatch import l2_prefetch, pdl_enabled, pdl_sync, use_triton
 
 SKINNY_MAX_M = 16  # rows up to which the dispatcher considers the kernel at all
 _MAX_BLOCK_M = 64  # linear_triton's limit: beyond this the padded tiles stop fitting registers
@@ -156,7 +156,8 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, M, N, K
                    stride_xm, stride_wn, stride_om,
                    HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
                    EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   USE_PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     dtype = out_ptr.dtype.element_ty
@@ -169,6 +170,15 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, M, N, K
     x_rows = x_ptr + offs_m[:, None] * stride_xm
     k_start = pid_k * k_per_split
     k_end = tl.minimum(k_start + k_per_split, K)
+    if USE_PDL:
+        # Weights are never written by the kernels of a step, so while the previous kernel may
+        # still run, ask L2 for the W columns the pipeline loads first: PREFETCH_LINES 128-byte
+        # lines of each of this program's rows (clamped to its split). Nothing else is touched
+        # before the wait: x, the workspace and the counters follow earlier kernels (ops/dispatch.py).
+        line = 1024 // w_ptr.dtype.element_ty.primitive_bitwidth  # elements per 128 bytes
+        prefetch_cols = tl.minimum(k_start + tl.arange(0, PREFETCH_LINES) * line, k_end - 1)
+        l2_prefetch(w_rows + prefetch_cols[None, :])
+        pdl_sync()
     if DOT:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:  # per-lane partial sums, reduced once after the loop rather than every step
@@ -256,13 +266,18 @@ def _launch(x, weight, bias, k, config: SkinnyConfig | None, silu: bool, op: str
             ws, counters = workspace
     if split_k == 1:
         k_per_split = k
+    use_pdl = pdl_enabled(x.device)
+    # With PDL, the first num_stages W tiles of each program go to L2 before the wait.
+    prefetch_lines = triton.next_power_of_2(triton.cdiv(min(k_per_split, cfg.num_stages * cfg.block_k)
+                                                        * weight.element_size(), 128))
     _skinny_kernel[(num_blocks, split_k)](
         x, weight, out if bias is None else bias, out, ws, counters, m, n, k, k_per_split,
         x.stride(0), weight.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, SILU_MUL=silu, DOT=cfg.dot, UPCAST_DOT=not x.is_cuda,
         EVEN_K=k_per_split % cfg.block_k == 0 and k % k_per_split == 0, SPLIT_K=split_k,
         BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        USE_PDL=use_pdl, PREFETCH_LINES=prefetch_lines if use_pdl else 1,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=use_pdl,
         enable_fp_fusion=False,  # as every Ember kernel: products round on their own
     )
     return out

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ember.ops.dispatch import use_triton
+from ember.ops.dispatch import pdl_enabled, pdl_sync, use_triton
 
 # A whole row lives in registers; beyond this it would spill (Qwen3 hidden sizes are <= 8192).
 _MAX_HIDDEN = 65536
@@ -42,7 +42,10 @@ def _normalize_row(x, weight_ptr, cols, mask, hidden_size, eps, x_dtype: tl.cons
 
 
 @triton.jit
-def _rms_norm_kernel(x_ptr, weight_ptr, out_ptr, hidden_size, x_row_stride, out_row_stride, eps, BLOCK_H: tl.constexpr):
+def _rms_norm_kernel(x_ptr, weight_ptr, out_ptr, hidden_size, x_row_stride, out_row_stride, eps,
+                     BLOCK_H: tl.constexpr, USE_PDL: tl.constexpr):
+    if USE_PDL:  # x comes from the previous kernel: wait before any access (ops/dispatch.py)
+        pdl_sync()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     mask = cols < hidden_size
@@ -65,7 +68,10 @@ def _add_rms_norm_kernel(
     residual_out_row_stride,
     eps,
     BLOCK_H: tl.constexpr,
+    USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:  # x and residual come from earlier kernels: wait before any access (ops/dispatch.py)
+        pdl_sync()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_H)
     mask = cols < hidden_size
@@ -101,8 +107,10 @@ def rms_norm_triton(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.
     if num_tokens == 0:
         return out
     block_h, num_warps = _launch_config(hidden_size)
+    use_pdl = pdl_enabled(x.device)
     _rms_norm_kernel[(num_tokens,)](
-        x, weight.contiguous(), out, hidden_size, x.stride(0), out.stride(0), eps, BLOCK_H=block_h, num_warps=num_warps
+        x, weight.contiguous(), out, hidden_size, x.stride(0), out.stride(0), eps,
+        BLOCK_H=block_h, USE_PDL=use_pdl, num_warps=num_warps, launch_pdl=use_pdl,
     )
     return out
 
@@ -119,10 +127,11 @@ def add_rms_norm_triton(
     if num_tokens == 0:
         return out, residual_out
     block_h, num_warps = _launch_config(hidden_size)
+    use_pdl = pdl_enabled(x.device)
     _add_rms_norm_kernel[(num_tokens,)](
         x, residual, weight.contiguous(), out, residual_out, hidden_size,
         x.stride(0), residual.stride(0), out.stride(0), residual_out.stride(0), eps,
-        BLOCK_H=block_h, num_warps=num_warps,
+        BLOCK_H=block_h, USE_PDL=use_pdl, num_warps=num_warps, launch_pdl=use_pdl,
     )
     return out, residual_out
 

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ember.errors import ConfigError
-from ember.ops.dispatch import use_triton
+from ember.ops.dispatch import pdl_enabled, pdl_sync, use_triton
 from ember.ops.norm import rms_norm_reference
 
 # Below this many tokens (decode) a program takes one head with one warp, so that small batches
@@ -147,8 +147,10 @@ def _qk_norm_rope_store_kv_kernel(
     k_cache_ptr, v_cache_ptr, slot_mapping_ptr, q_out_ptr,
     q_stride_t, q_stride_h, k_stride_t, k_stride_h, v_stride_t, v_stride_h, eps,
     NUM_Q_HEADS: tl.constexpr, NUM_KV_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_HALF: tl.constexpr, HEAD_BLOCK: tl.constexpr,
+    BLOCK_HALF: tl.constexpr, HEAD_BLOCK: tl.constexpr, USE_PDL: tl.constexpr,
 ):
+    if USE_PDL:  # q/k/v, positions, slots and the caches all follow earlier kernels or copies
+        pdl_sync()
     # Program (token, j): j < ceil(Hq / HEAD_BLOCK) handles a block of q heads, the rest kv heads.
     # q_out, cos_sin and the caches are contiguous, so their strides follow from the constexprs.
     HALF_DIM: tl.constexpr = HEAD_DIM // 2
@@ -207,13 +209,14 @@ def qk_norm_rope_store_kv_triton(
         return q_out
     head_block, num_warps = (1, 1) if num_tokens < _MANY_TOKENS else (8, 4)
     grid = (num_tokens, triton.cdiv(num_q_heads, head_block) + triton.cdiv(num_kv_heads, head_block))
+    use_pdl = pdl_enabled(q.device)
     _qk_norm_rope_store_kv_kernel[grid](
         q, k, v, q_norm_weight.contiguous(), k_norm_weight.contiguous(), cos_sin,
         positions.contiguous(), k_cache, v_cache, slot_mapping.contiguous(), q_out,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), eps,
         NUM_Q_HEADS=num_q_heads, NUM_KV_HEADS=num_kv_heads, HEAD_DIM=head_dim,
-        BLOCK_HALF=triton.next_power_of_2(head_dim // 2), HEAD_BLOCK=head_block,
-        num_warps=num_warps,
+        BLOCK_HALF=triton.next_power_of_2(head_dim // 2), HEAD_BLOCK=head_block, USE_PDL=use_pdl,
+        num_warps=num_warps, launch_pdl=use_pdl,
         enable_fp_fusion=False,  # an FMA would skip the rounding of the products that HF does
     )
     return q_out
