@@ -21,7 +21,7 @@ for s in ("0.6B", "8B"):
     for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         shutil.copy(Path("tests/data/qwen3-tokenizer") / f, d / f)
 PY
-bench() { python3 -m ember.cli.main bench --load-format dummy "$@" 2>&1 | tail -14; }
+bench() { timeout 230 python3 -m ember.cli.main bench --load-format dummy "$@" 2>&1 | tail -14; }
 for step in "$@"; do
   case $step in
     tests) timeout 330 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu tests/engine tests/ops/test_linear.py \
