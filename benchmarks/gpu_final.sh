@@ -2,6 +2,8 @@
 # The device calls that produce the committed results (Qwen3-0.6B/8B shapes, dummy weights).
 # Usage: bash benchmarks/gpu_final.sh STEP...   with STEP among
 #   tests        every GPU test of the engine, graphs and projections
+#   sweep        benchmarks/gemv_sweep.py: skinny GEMM vs cuBLAS at the 0.6B and 8B projections
+#   pdl          benchmarks/pdl_check.py: the decode graph with and without PDL
 #   breakdown    benchmarks/step_breakdown.py (graph GPU time, host phases, kernels)
 #   throughput   benchmarks/throughput.py: 0.6B with HF in the same run, 8B Ember alone
 #   bench        ember bench: 8B and 0.6B grids, plus --compare hf --profile runs
@@ -12,36 +14,34 @@ mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 EMBER_GPU_REPORT=$OUT/gpu_report.jsonl
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
 python3 - <<'PY'
-import json, shutil
-from pathlib import Path
-from ember.tools.random_checkpoint import QWEN3_SHAPES, qwen3_config
+from ember.tools.random_checkpoint import QWEN3_SHAPES, qwen3_config, write_config_folder
 for s in ("0.6B", "8B"):
-    d = Path(f"/tmp/qwen3-{s}"); d.mkdir(exist_ok=True)
-    (d / "config.json").write_text(json.dumps(qwen3_config(**QWEN3_SHAPES[s])))
-    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(Path("tests/data/qwen3-tokenizer") / f, d / f)
+    write_config_folder(f"/tmp/qwen3-{s}", qwen3_config(**QWEN3_SHAPES[s]), "tests/data/qwen3-tokenizer")
 PY
 bench() { timeout 230 python3 -m ember.cli.main bench --load-format dummy "$@" 2>&1 | tail -14; }
 for step in "$@"; do
   case $step in
-    tests) timeout 330 python3 -m pytest -q -m gpu -p no:cacheprovider tests/gpu tests/engine tests/ops/test_linear.py \
+    tests) timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/gpu tests/engine \
              2>&1 | tee "$OUT/pytest_gpu.log" | tail -6 ;;
+    sweep) timeout 240 python3 benchmarks/gemv_sweep.py --models 0.6B,8B --out "$OUT/gemv_sweep.json" 2>&1 \
+             | tee "$OUT/gemv_sweep.txt" | tail -45 ;;
+    pdl) timeout 280 python3 benchmarks/pdl_check.py --shapes 0.6B,8B --batch-sizes 1,32 --out "$OUT/pdl_check.json" ;;
     breakdown) timeout 200 python3 benchmarks/step_breakdown.py --shapes 0.6B,8B --batch-sizes 1,32 \
              --out "$OUT/step_breakdown.json" 2>&1 | grep -v -i warn | tee "$OUT/step_breakdown.txt" ;;
     throughput)
-      timeout 240 python3 benchmarks/throughput.py -m /tmp/qwen3-0.6B --load-format dummy --compare hf \
-        --hf-batch-size 64 --out "$OUT/tp-0.6B" 2>&1 | grep -E "^\| |throughput: (Ember|HF):"
+      timeout 300 python3 benchmarks/throughput.py -m /tmp/qwen3-0.6B --load-format dummy --compare hf \
+        --hf-num-requests 64 --hf-batch-size 64 --out "$OUT/tp-0.6B" 2>&1 | grep -E "^\| |throughput: (Ember|HF):"
       timeout 150 python3 benchmarks/throughput.py -m /tmp/qwen3-8B --load-format dummy --out "$OUT/tp-8B" 2>&1 \
         | grep -E "^\| |throughput: Ember:" ;;
     bench)
       bench -m /tmp/qwen3-8B --batch-sizes 1,32 --prompt-lens 128,2048,8192 --gen-len 128 --reps 2 --out "$OUT/b8"
-      bench -m /tmp/qwen3-8B --batch-sizes 1,32 --prompt-lens 128 --gen-len 64 --reps 1 --compare hf --profile \
-        --out "$OUT/b8hf"
-      bench -m /tmp/qwen3-0.6B --batch-sizes 1,32 --prompt-lens 128 --gen-len 256 --reps 3 --compare hf --profile \
-        --out "$OUT/b06" ;;
+      bench -m /tmp/qwen3-0.6B --batch-sizes 1,32 --prompt-lens 128 --gen-len 256 --reps 3 --compare hf \
+        --hf-variants eager --profile --out "$OUT/b06"
+      bench -m /tmp/qwen3-8B --batch-sizes 1,32 --prompt-lens 128 --gen-len 64 --reps 1 --compare hf \
+        --hf-variants eager --out "$OUT/b8hf" ;;  # not yet run: writing + loading 16 GB twice is slow
     serve)
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
       PYTHONPATH=$PYTHONPATH:/tmp/site timeout 240 python3 benchmarks/serve_load.py -m /tmp/qwen3-0.6B \
-        --load-format dummy --concurrency 1,16,64 --num-requests 64 --max-seconds 40 --out "$OUT/serve" 2>&1 | tail -12 ;;
+        --load-format dummy --concurrency 1,16,64 --num-requests 64 --max-seconds 25 --out "$OUT/serve" 2>&1 | tail -12 ;;
   esac
 done

@@ -18,7 +18,6 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,15 +29,10 @@ DECODE_STEPS = 32
 
 
 def folder(shape: str, root: Path) -> str:
-    """A dummy-weight checkpoint folder of Qwen3 shape ``shape`` (as benchmarks/step_breakdown.py)."""
-    from ember.tools.random_checkpoint import QWEN3_SHAPES, qwen3_config
+    """A config + tokenizer folder of Qwen3 shape ``shape``, for --load-format dummy."""
+    from ember.tools.random_checkpoint import QWEN3_SHAPES, qwen3_config, write_config_folder
 
-    d = root / f"qwen3-{shape}"
-    d.mkdir(exist_ok=True)
-    (d / "config.json").write_text(json.dumps(qwen3_config(**QWEN3_SHAPES[shape])))
-    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(TOKENIZER / f, d / f)
-    return str(d)
+    return str(write_config_folder(root / f"qwen3-{shape}", qwen3_config(**QWEN3_SHAPES[shape]), TOKENIZER))
 
 
 def prompts(batch_size: int, prompt_len: int) -> list[list[int]]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -24,18 +23,14 @@ from torch.profiler import ProfilerActivity, profile
 
 from ember import LLM, SamplingParams
 from ember.bench.ceilings import copy_rate as measure_copy_rate
-from ember.tools.random_checkpoint import QWEN3_SHAPES, qwen3_config
+from ember.tools.random_checkpoint import QWEN3_SHAPES, qwen3_config, write_config_folder
 
 TOKENIZER = Path(__file__).parents[1] / "tests" / "data" / "qwen3-tokenizer"
 
 
 def folder(shape: str, root: Path) -> str:
-    d = root / f"qwen3-{shape}"
-    d.mkdir(exist_ok=True)
-    (d / "config.json").write_text(json.dumps(qwen3_config(**QWEN3_SHAPES[shape])))
-    for f in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-        shutil.copy(TOKENIZER / f, d / f)
-    return str(d)
+    """A config + tokenizer folder of Qwen3 shape ``shape``, for --load-format dummy."""
+    return str(write_config_folder(root / f"qwen3-{shape}", qwen3_config(**QWEN3_SHAPES[shape]), TOKENIZER))
 
 
 def event_ms(fn, reps: int) -> float:

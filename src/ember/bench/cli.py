@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reps", type=int, help="timed repetitions after one warm-up")
     p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<date>-<gpu>-<model>/)")
     p.add_argument("--compare", choices=["hf"], help="also run HF transformers on the same weights")
+    p.add_argument("--hf-variants", default="eager,static_compiled",
+                   help="which HF runs --compare does (default: %(default)s)")
     p.add_argument("--profile", action="store_true", help="torch.profiler over one prefill and one decode step")
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--device", default="auto", help="auto, cpu or cuda:N (default: %(default)s)")

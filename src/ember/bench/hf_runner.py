@@ -109,12 +109,12 @@ def _error(exc: BaseException) -> dict:
 
 
 def run_hf(path: Path, dtype: torch.dtype, device: torch.device, configs: list[tuple[int, int]], gen_len: int,
-           reps: int, seed: int, vocab: int, log) -> dict[tuple[int, int], dict]:
+           reps: int, seed: int, vocab: int, log, variants: tuple[str, ...] = VARIANTS) -> dict[tuple[int, int], dict]:
     """{(batch, prompt_len): {"eager": figures or error, "static_compiled": figures, error or skip}}."""
     model = load_hf_model(path, dtype, device)
     results: dict[tuple[int, int], dict] = {c: {} for c in configs}
     original_forward = model.forward
-    for variant in VARIANTS:
+    for variant in variants:
         static = variant == "static_compiled"
         for batch_size, prompt_len in configs:
             if static and device.type != "cuda":

@@ -116,7 +116,8 @@ def run_bench(args, settings: dict, argv: list[str], scratch: Path) -> dict:
     if settings["compare"] == "hf":
         from ember.bench.hf_runner import run_hf
 
-        hf_results = run_hf(load_path, dtype, device, ran, gen_len, reps, args.seed, vocab, log)
+        variants = tuple(v for v in getattr(args, "hf_variants", "eager,static_compiled").split(",") if v)
+        hf_results = run_hf(load_path, dtype, device, ran, gen_len, reps, args.seed, vocab, log, variants)
 
     result = {
         "schema_version": SCHEMA_VERSION,

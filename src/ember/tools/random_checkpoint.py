@@ -82,6 +82,20 @@ def qwen3_tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def write_config_folder(folder: str | Path, config: dict, tokenizer_dir: str | Path | None = None) -> Path:
+    """config.json and the tokenizer files from ``tokenizer_dir``, no weights: a folder for
+    ``--load-format dummy`` (benchmarks at real shapes). Returns the folder."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    if tokenizer_dir is not None:
+        for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+            src = Path(tokenizer_dir) / name
+            if src.exists():
+                shutil.copy(src, folder / name)
+    return folder
+
+
 def write_random_checkpoint(
     folder: str | Path,
     config: dict,
@@ -93,15 +107,8 @@ def write_random_checkpoint(
 ) -> Path:
     """Write config.json, random weights (1 file or ``num_shards`` with an index) and the
     tokenizer files from ``tokenizer_dir`` into ``folder``; return the folder."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = write_config_folder(folder, config, tokenizer_dir)
     dtype = dtype or getattr(torch, config.get("torch_dtype", "bfloat16"))
-    (folder / "config.json").write_text(json.dumps(config, indent=2))
-    if tokenizer_dir is not None:
-        for name in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-            src = Path(tokenizer_dir) / name
-            if src.exists():
-                shutil.copy(src, folder / name)
 
     gen = torch.Generator(device=device).manual_seed(seed)
     shapes = qwen3_tensor_shapes(config)
