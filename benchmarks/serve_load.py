@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
         "environment": env, "model": args.model, "server": {"url": url, "how": how},
         "settings": settings, "levels": levels,
     }
-    out = args.out or Path(f"{default_out_dir(env['gpu_name'], args.model)}-serve")
+    out = args.out or default_out_dir(env["gpu_name"], args.model, "-serve")
     out.mkdir(parents=True, exist_ok=True)
     (out / "serve_load.json").write_text(json.dumps(report.finite(result), indent=2, allow_nan=False) + "\n")
     (out / "serve_load.md").write_text(markdown(result))

@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
         "hf": hf,
         "ember_over_hf": ember["output_tok_s"] / hf["output_tok_s"] if hf else None,
     }
-    out = args.out or Path(f"{default_out_dir(env['gpu_name'], args.model)}-throughput")
+    out = args.out or default_out_dir(env["gpu_name"], args.model, "-throughput")
     out.mkdir(parents=True, exist_ok=True)
     (out / "throughput.json").write_text(json.dumps(report.finite(result), indent=2, allow_nan=False) + "\n")
     (out / "throughput.md").write_text(markdown(result))

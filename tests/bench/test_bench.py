@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,16 @@ def test_missing_transformers_is_a_clear_error(tiny_checkpoint, monkeypatch, cap
 def test_bad_gen_len_is_rejected(tiny_checkpoint, capsys):
     assert main(["bench", "-m", str(tiny_checkpoint), "--gen-len", "1"]) == 1
     assert "--gen-len must be >= 2" in capsys.readouterr().err
+
+
+def test_default_out_dir_never_overwrites(tmp_path, monkeypatch):
+    from ember.bench.environment import default_out_dir, today
+
+    monkeypatch.chdir(tmp_path)
+    first = default_out_dir("NVIDIA H200", "/models/Qwen3-8B/", "-serve")
+    assert first == Path("benchmarks/results") / f"{today()}-h200-qwen3-8b-serve"
+    first.mkdir(parents=True)
+    second = default_out_dir("NVIDIA H200", "/models/Qwen3-8B/", "-serve")
+    assert second.name == first.name + "-2"
+    second.mkdir()
+    assert default_out_dir("NVIDIA H200", "/models/Qwen3-8B/", "-serve").name == first.name + "-3"

@@ -85,7 +85,13 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", text.lower()).strip("-") or "unknown"
 
 
-def default_out_dir(gpu_name: str, model: str) -> Path:
-    """benchmarks/results/<date>-<gpu>-<model>/, e.g. 2026-11-22-h200-qwen3-8b."""
+def default_out_dir(gpu_name: str, model: str, suffix: str = "") -> Path:
+    """benchmarks/results/<date>-<gpu>-<model><suffix>/, e.g. 2026-11-22-h200-qwen3-8b; a later
+    run on the same day gets -2, -3, ... rather than overwriting an earlier one."""
     gpu = slug(gpu_name.replace("NVIDIA", ""))
-    return Path("benchmarks") / "results" / f"{today()}-{gpu}-{slug(Path(model.rstrip('/')).name)}"
+    base = Path("benchmarks") / "results" / f"{today()}-{gpu}-{slug(Path(model.rstrip('/')).name)}{suffix}"
+    out, n = base, 1
+    while out.exists():
+        n += 1
+        out = base.with_name(f"{base.name}-{n}")
+    return out
