@@ -10,6 +10,7 @@ run, the thread blocks on the inbox instead of spinning.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import queue
 import threading
@@ -38,6 +39,24 @@ class TokenEvent:
     finish_reason: str | None
     num_prompt_tokens: int
     num_output_tokens: int
+
+
+def coalesce(events: list[TokenEvent]) -> list[TokenEvent]:
+    """Merge runs of events of the same sequence into one (text joined, the last one's state),
+    so a client that fell behind gets one chunk for several tokens instead of one per token:
+    the HTTP side then costs per chunk sent, not per token generated. Events that carry
+    logprobs stay one per token."""
+    merged: list[TokenEvent] = []
+    last_of: dict[int, int] = {}  # sequence index -> its position in merged, while mergeable
+    for ev in events:
+        at = last_of.get(ev.index)
+        if at is not None and ev.logprobs is None and merged[at].logprobs is None and not merged[at].finished:
+            prev = merged[at]
+            merged[at] = dataclasses.replace(ev, text=prev.text + ev.text)
+            continue
+        last_of[ev.index] = len(merged)
+        merged.append(ev)
+    return merged
 
 
 class EngineFailure(Exception):
@@ -129,12 +148,23 @@ class AsyncEngine:
                         return
                 if item is None:
                     continue
-            if isinstance(item, EngineFailure):
-                raise item
-            for event in item:
+            # Whatever else has arrived meanwhile goes out with it, coalesced per sequence.
+            items = [item]
+            while not group.events.empty():
+                items.append(group.events.get_nowait())
+            events: list[TokenEvent] = []
+            failure = None
+            for it in items:
+                if isinstance(it, EngineFailure):
+                    failure = it  # nothing follows a failure
+                    break
+                events += it
+            for event in coalesce(events):
                 if event.finished:
                     group.num_unfinished -= 1
                 yield event
+            if failure is not None:
+                raise failure
 
     def release(self, group: RequestGroup) -> None:
         """End of a request, finished or not (client gone, error): abort what still runs."""
