@@ -5,14 +5,23 @@ per token with coalescing (several tokens per chunk for a client that fell behin
 
     python benchmarks/serve_http_cap.py 0.0016
 """
-import asyncio, sys, time, statistics
+
+import asyncio
 import importlib.util as _u
+import statistics
+import sys
+import time
+
 sys.path.insert(0, "tests/server")
-_s = _u.spec_from_file_location("rootconf", "tests/conftest.py"); _m = _u.module_from_spec(_s); _s.loader.exec_module(_m)
-from ember.tools.random_checkpoint import qwen3_config, write_random_checkpoint
+_s = _u.spec_from_file_location("rootconf", "tests/conftest.py")
+_m = _u.module_from_spec(_s)
+_s.loader.exec_module(_m)
 from ember_test_server import scripted_llm, serve
-import ember.server.async_engine as ae
 from openai import AsyncOpenAI
+
+import ember.server.async_engine as ae
+from ember.tools.random_checkpoint import qwen3_config, write_random_checkpoint
+
 folder = write_random_checkpoint("/tmp/hostprof/tiny", qwen3_config(**_m.TINY), _m.TOKENIZER_DIR)
 llm = scripted_llm(folder)
 llm.engine.script = [1000 + (i % 500) for i in range(128)]
@@ -20,23 +29,32 @@ llm.engine.step_delay = float(sys.argv[1])  # a GPU step's time at this batch
 gen = serve(llm, api_key=None)
 srv = next(gen)
 real = ae.coalesce
+
+
 async def one(client):
     chunks, t_first = 0, None
     stream = await client.completions.create(model="tiny", prompt="hello", max_tokens=128, stream=True)
     async for ch in stream:
         chunks += 1
-        if t_first is None: t_first = time.perf_counter()
+        if t_first is None:
+            t_first = time.perf_counter()
     return chunks, (time.perf_counter() - t_first) / 127
+
+
 async def main(conc, total):
     client = AsyncOpenAI(base_url=srv.base_url, api_key="x")
     sem = asyncio.Semaphore(conc)
+
     async def guarded():
         async with sem:
             return await one(client)
+
     t = time.perf_counter()
     res = await asyncio.gather(*[guarded() for _ in range(total)])
     dt = time.perf_counter() - t
     return sum(r[0] for r in res) / dt, 128 * total / dt, 1000 * statistics.median(r[1] for r in res)
+
+
 for mode in ("per-token", "coalesced"):
     ae.coalesce = real if mode == "coalesced" else (lambda evs: evs)
     for c in (16, 64):
