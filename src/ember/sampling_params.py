@@ -53,6 +53,12 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 raise InvalidRequestError(message)
+        # Values past what the device tensors hold (int32 top_k, int64 seed) keep their meaning:
+        # a top_k beyond any vocabulary keeps every token, like 0 does; a seed wraps to int64.
+        if not -(2**31) < self.top_k < 2**31:
+            self.top_k = 0
+        if self.seed is not None:
+            self.seed = (self.seed + 2**63) % 2**64 - 2**63
 
     @property
     def greedy(self) -> bool:
