@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import random
 import shlex
 import signal
@@ -228,7 +227,7 @@ def markdown(r: dict) -> str:
         f"{s['num_requests']} requests or {s['max_seconds']:g} s per level",
         f"- **Client side:** torch {env['torch']}, ember {env['ember']} (the server's device: see its log)",
         "",
-        report._md_table(headers, rows),
+        report.md_table(headers, rows),
         "",
     ])
 
@@ -285,11 +284,10 @@ def main(argv: list[str] | None = None) -> dict:
         "settings": settings, "levels": levels,
     }
     out = args.out or default_out_dir(env["gpu_name"], args.model, "-serve")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve_load.json").write_text(json.dumps(report.finite(result), indent=2, allow_nan=False) + "\n")
-    (out / "serve_load.md").write_text(markdown(result))
-    print(markdown(result))
-    log(f"wrote {out / 'serve_load.json'}, {out / 'serve_load.md'}")
+    md = markdown(result)
+    paths = report.write_json_md(out, "serve_load", result, md)
+    print(md)
+    log("wrote " + ", ".join(map(str, paths)))
     return result
 
 

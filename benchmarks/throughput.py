@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import random
 import shlex
 import sys
@@ -161,7 +160,7 @@ def run_hf(path: Path, dtype: torch.dtype, device: torch.device, prompts, out_le
     for i in range(0, len(prompts), batch_size):
         computed += one_batch(prompts[i:i + batch_size], max(out_lens[i:i + batch_size]))
     elapsed = now(device) - start
-    del model
+    model = None  # drop the weights before gc (one_batch, which refers to it, is done)
     gc.collect()
     return {
         **figures(elapsed, sum(map(len, prompts)), sum(out_lens)),
@@ -192,7 +191,7 @@ def markdown(r: dict) -> str:
         f"- **Model:** {r['model']['dtype']}, weights {r['model']['weights']}; Ember preemptions: "
         f"{r['ember']['preemptions']}",
         "",
-        report._md_table(["engine", "elapsed s", "output tok/s", "total tok/s", "peak mem GiB"], rows),
+        report.md_table(["engine", "elapsed s", "output tok/s", "total tok/s", "peak mem GiB"], rows),
         "",
         "Ember's steps (wall time; with async scheduling a step's time is mostly the GPU time of the batch "
         "launched one step earlier): " + "; ".join(f"{k}: {v['steps']} steps, {v['seconds']:.2f} s "
@@ -274,11 +273,10 @@ def main(argv: list[str] | None = None) -> dict:
         "ember_over_hf": ember["output_tok_s"] / hf["output_tok_s"] if hf else None,
     }
     out = args.out or default_out_dir(env["gpu_name"], args.model, "-throughput")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "throughput.json").write_text(json.dumps(report.finite(result), indent=2, allow_nan=False) + "\n")
-    (out / "throughput.md").write_text(markdown(result))
-    print(markdown(result))
-    log(f"wrote {out / 'throughput.json'}, {out / 'throughput.md'}")
+    md = markdown(result)
+    paths = report.write_json_md(out, "throughput", result, md)
+    print(md)
+    log("wrote " + ", ".join(map(str, paths)))
     return result
 
 

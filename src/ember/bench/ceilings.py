@@ -45,7 +45,7 @@ def copy_rate(device: torch.device, warmup: int = 3, reps: int = 10) -> dict:
     dst = torch.empty_like(src)
     times = _time_reps(lambda: dst.copy_(src), device, warmup, reps)
     rates = [2 * nbytes / t for t in times]
-    del src, dst
+    src = dst = None  # free before the next measurement
     sync(device)
     return {"bytes": nbytes, "reps": reps, "rate_bytes_per_s": summarize(rates),
             "bytes_per_s": summarize(rates)["median"]}
@@ -59,7 +59,7 @@ def matmul_rate(device: torch.device, dtype: torch.dtype = torch.bfloat16, warmu
     out = torch.empty(n, n, device=device, dtype=dtype)
     times = _time_reps(lambda: torch.mm(a, b, out=out), device, warmup, reps)
     rates = [2 * n**3 / t for t in times]
-    del a, b, out
+    a = b = out = None  # free before the next measurement
     sync(device)
     return {"n": n, "dtype": str(dtype).removeprefix("torch."), "reps": reps,
             "rate_flop_per_s": summarize(rates), "flop_per_s": summarize(rates)["median"]}

@@ -76,7 +76,7 @@ def profile_rows(phase: dict) -> list[list[str]]:
     return [[k["name"][:90], str(k["calls"]), number(k["time_us"], 1), percent(k["share_of_step"])] for k in phase["top"]]
 
 
-def _md_table(headers: list[str], rows: list[list[str]]) -> str:
+def md_table(headers: list[str], rows: list[list[str]]) -> str:
     escape = lambda s: s.replace("|", "\\|")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(escape(c) for c in row) + " |" for row in rows]
@@ -102,16 +102,16 @@ def markdown(result: dict) -> str:
         "Figures are medians (min–max) over the reps. Decode tok/s is over all sequences; the decode roofline "
         "is (weights + KV at the mean context) ÷ copy rate, the prefill roofline FLOPs ÷ matmul rate.",
         "",
-        _md_table(RESULT_HEADERS, result_rows(result)),
+        md_table(RESULT_HEADERS, result_rows(result)),
     ]
     if any(r["hf"] for r in result["results"]):
-        parts += ["", "## Ember ÷ HF transformers", "", _md_table(HF_HEADERS, hf_rows(result))]
+        parts += ["", "## Ember ÷ HF transformers", "", md_table(HF_HEADERS, hf_rows(result))]
     prof = result["profile"]
     if prof:
         parts += ["", f"## Profile: batch {prof['batch_size']}, prompt {prof['prompt_len']} ({prof['measure']})"]
         for phase in ("prefill", "decode"):
             parts += ["", f"### {phase} (step wall time {prof[phase]['wall_ms']:.2f} ms)", "",
-                      _md_table(PROFILE_HEADERS, profile_rows(prof[phase]))]
+                      md_table(PROFILE_HEADERS, profile_rows(prof[phase]))]
     parts += ["", "![tok/s](bench.png)", ""]
     return "\n".join(parts)
 
@@ -154,13 +154,20 @@ def finite(obj):
     return obj
 
 
+def write_json_md(out_dir: Path, stem: str, result: dict, md: str) -> list[Path]:
+    """``<stem>.json`` (strict JSON) and ``<stem>.md`` in ``out_dir``, created if needed."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    json_path.write_text(json.dumps(finite(result), indent=2, allow_nan=False) + "\n")
+    md_path.write_text(md)
+    return [json_path, md_path]
+
+
 def write_all(result: dict, out_dir: Path) -> list[Path]:
     from ember.bench.plot import plot
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, md_path, png_path = out_dir / "bench.json", out_dir / "bench.md", out_dir / "bench.png"
-    json_path.write_text(json.dumps(finite(result), indent=2, allow_nan=False) + "\n")
-    md_path.write_text(markdown(result))
+    png_path = Path(out_dir) / "bench.png"
+    paths = write_json_md(out_dir, "bench", result, markdown(result))
     plot(result, png_path)
-    return [json_path, md_path, png_path]
+    return [*paths, png_path]

@@ -7,13 +7,13 @@ from fastapi import Request
 
 from ember.errors import EmberError
 from ember.server.async_engine import EngineFailure, RequestGroup
-from ember.server.errors import APIError, api_error_from, error_body
+from ember.server.errors import APIError, api_error_from
 from ember.server.output_parser import ChatDelta, ChatOutputParser, prompt_opens_thinking
 from ember.server.protocol import ChatCompletionRequest
 from ember.server.serving_common import (
-    ServerState, chat_logprobs_entry, check_model, check_prompt, new_id, sampling_params, usage,
+    ServerState, chat_logprobs_entry, check_model, check_prompt, new_id, sampling_params, sse_stream, usage,
 )
-from ember.server.streaming import DONE, CancellableSSEResponse, sse
+from ember.server.streaming import CancellableSSEResponse, sse
 
 # Template variables a client may not set through chat_template_kwargs (they are set here).
 _RESERVED_TEMPLATE_KWARGS = {"self", "messages", "tools", "add_generation_prompt", "enable_thinking"}
@@ -93,7 +93,7 @@ async def _complete(state, group: RequestGroup, parsers, head, num_prompt, raw: 
     return {**head, "object": "chat.completion", "choices": choices, "usage": usage(num_prompt, sum(counts))}
 
 
-async def _stream(state, group: RequestGroup, parsers, head, num_prompt, include_usage):
+def _stream(state, group: RequestGroup, parsers, head, num_prompt, include_usage):
     n = len(parsers)
     want_logprobs = group.prompts[0][1].logprobs is not None
     pending_lp, counts = [[] for _ in range(n)], [0] * n
@@ -106,7 +106,7 @@ async def _stream(state, group: RequestGroup, parsers, head, num_prompt, include
         choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
         return sse({**head, "object": "chat.completion.chunk", "choices": [choice], **extra})
 
-    try:
+    async def chunks():
         for i in range(n):
             yield chunk(i, {"role": "assistant", "content": ""})
         async for ev in state.engine.stream(group):
@@ -121,11 +121,8 @@ async def _stream(state, group: RequestGroup, parsers, head, num_prompt, include
                 yield chunk(ev.index, _delta_dict(delta, tools_before), _finish_reason(ev.finish_reason, parser))
             elif delta:
                 yield chunk(ev.index, _delta_dict(delta, tools_before))
-        if include_usage:
-            yield sse({**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(num_prompt, sum(counts))})
-        yield DONE
-    except EngineFailure as exc:
-        yield sse(error_body(exc.status, str(exc)))
-        yield DONE
-    finally:
-        state.engine.release(group)
+
+    def usage_chunk():
+        return {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(num_prompt, sum(counts))}
+
+    return sse_stream(state, group, chunks(), usage_chunk if include_usage else None)

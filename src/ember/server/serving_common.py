@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import time
 import uuid
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import lru_cache
+
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import Request
 
 from ember.engine.sequence import TokenLogprobs
 from ember.errors import EmberError
 from ember.sampling_params import SamplingParams
-from ember.server.async_engine import AsyncEngine
-from ember.server.errors import APIError, api_error_from
+from ember.server.async_engine import AsyncEngine, EngineFailure, RequestGroup
+from ember.server.errors import APIError, api_error_from, error_body
 from ember.server.metrics import ServerMetrics
 from ember.server.protocol import SamplingFields
+from ember.server.streaming import DONE, sse
 
 _SEED_RANGE = 2**63  # the sampler keys its RNG by an int64 seed
 
@@ -158,3 +162,22 @@ def _finite(value: float) -> float:
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
+
+
+async def sse_stream(state: ServerState, group: RequestGroup, chunks: AsyncIterator[str],
+                     usage_chunk: Callable[[], dict] | None) -> AsyncIterator[str]:
+    """A streamed response's frame, shared by chat and completions: the ``chunks``, then the
+    usage chunk (``stream_options.include_usage``) and ``[DONE]``. An engine failure becomes
+    an error event; however the stream ends (a client gone included), the request is released."""
+    try:
+        async with aclosing(chunks):
+            async for chunk in chunks:
+                yield chunk
+        if usage_chunk is not None:
+            yield sse(usage_chunk())
+        yield DONE
+    except EngineFailure as exc:
+        yield sse(error_body(exc.status, str(exc)))
+        yield DONE
+    finally:
+        state.engine.release(group)

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import Request
 
 from ember.server.async_engine import EngineFailure, RequestGroup
-from ember.server.errors import APIError, error_body
+from ember.server.errors import APIError
 from ember.server.protocol import CompletionRequest
 from ember.server.serving_common import (
-    ServerState, check_model, check_prompt, completion_logprobs, new_id, sampling_params, usage,
+    ServerState, check_model, check_prompt, completion_logprobs, new_id, sampling_params, sse_stream, usage,
 )
-from ember.server.streaming import DONE, CancellableSSEResponse, sse
+from ember.server.streaming import CancellableSSEResponse, sse
 
 
 def _prompt_ids(state: ServerState, prompt) -> list[list[int]]:
@@ -61,12 +61,13 @@ async def _complete(state, group: RequestGroup, head, num_prompt, raw: Request) 
     return {**head, "object": "text_completion", "choices": choices, "usage": usage(num_prompt, sum(counts))}
 
 
-async def _stream(state, group: RequestGroup, head, num_prompt, include_usage):
+def _stream(state, group: RequestGroup, head, num_prompt, include_usage):
     n = len(group.prompts)
     want_logprobs = group.prompts[0][1].logprobs is not None
     pending_lp, offsets, counts = [[] for _ in range(n)], [0] * n, [0] * n
     extra = {"usage": None} if include_usage else {}
-    try:
+
+    async def chunks():
         async for ev in state.engine.stream(group):
             i = ev.index
             if ev.logprobs is not None:
@@ -82,11 +83,8 @@ async def _stream(state, group: RequestGroup, head, num_prompt, include_usage):
                 counts[i] = ev.num_output_tokens
             choice = {"index": i, "text": ev.text, "logprobs": lp, "finish_reason": ev.finish_reason if ev.finished else None}
             yield sse({**head, "object": "text_completion", "choices": [choice], **extra})
-        if include_usage:
-            yield sse({**head, "object": "text_completion", "choices": [], "usage": usage(num_prompt, sum(counts))})
-        yield DONE
-    except EngineFailure as exc:
-        yield sse(error_body(exc.status, str(exc)))
-        yield DONE
-    finally:
-        state.engine.release(group)
+
+    def usage_chunk():
+        return {**head, "object": "text_completion", "choices": [], "usage": usage(num_prompt, sum(counts))}
+
+    return sse_stream(state, group, chunks(), usage_chunk if include_usage else None)
