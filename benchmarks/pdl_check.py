@@ -43,7 +43,7 @@ def worker(shape: str, root: Path, batch_sizes: list[int], prompt_len: int) -> d
     import torch
 
     from ember import LLM, SamplingParams
-    from ember.engine.model_runner import pick_bucket
+    from ember.engine.cuda_graphs import pick_bucket
     from ember.ops.dispatch import pdl_enabled
 
     t0 = time.perf_counter()
@@ -63,8 +63,8 @@ def worker(shape: str, root: Path, batch_sizes: list[int], prompt_len: int) -> d
         for _ in range(8):
             engine.step()
         torch.cuda.synchronize()
-        bucket = pick_bucket(engine.runner.decode_buckets, b)
-        graph = engine.runner.decode_graphs[bucket]
+        bucket = pick_bucket(engine.runner.cuda_graphs.buckets, b)
+        graph = engine.runner.cuda_graphs.graphs[bucket]
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         graph.replay()
         torch.cuda.synchronize()
@@ -76,7 +76,7 @@ def worker(shape: str, root: Path, batch_sizes: list[int], prompt_len: int) -> d
             end.record()
             end.synchronize()
             runs.append(start.elapsed_time(end) / 100)
-        logits = engine.runner.graph_logits[:b].float().cpu().numpy().tobytes()
+        logits = engine.runner.cuda_graphs.logits[:b].float().cpu().numpy().tobytes()
         for s in seqs:
             engine.abort(s)
         while engine.has_unfinished():

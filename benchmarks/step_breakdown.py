@@ -47,7 +47,7 @@ def event_ms(fn, reps: int) -> float:
 
 def phased_step(engine) -> dict:
     """One decode step with a sync after each phase: host-side cost of each (ms)."""
-    from ember.engine.model_runner import pick_bucket
+    from ember.engine.cuda_graphs import pick_bucket
 
     if engine._inflight is not None:  # async scheduling: read the launched step first
         engine._process(engine._inflight)
@@ -59,15 +59,15 @@ def phased_step(engine) -> dict:
     t1 = time.perf_counter()
     runner = engine.runner
     seqs = batch.seqs
-    bucket = pick_bucket(runner.decode_buckets, len(seqs))
-    runner.prepare_decode(seqs, num_rows=bucket)
+    bucket = pick_bucket(runner.cuda_graphs.buckets, len(seqs))
+    runner.inputs.prepare_decode(seqs, num_rows=bucket)
     sync()
     t2 = time.perf_counter()
-    runner.decode_graphs[bucket].replay()
+    runner.cuda_graphs.graphs[bucket].replay()
     t3 = time.perf_counter()
     sync()
     t4 = time.perf_counter()
-    sampled = runner.sample(seqs, runner.graph_logits[: len(seqs)])
+    sampled = runner.sampler.sample(seqs, runner.cuda_graphs.logits[: len(seqs)])
     sampled.wait()
     t5 = time.perf_counter()
     engine.scheduler.mark_computed(batch)
@@ -126,10 +126,10 @@ def measure_shape(shape: str, root: Path, batch_sizes: list[int], copy_rate: flo
         engine.args.async_scheduling = True
         phases = [phased_step(engine) for _ in range(30)]
         phases_med = {k: sorted(p[k] for p in phases)[len(phases) // 2] for k in phases[0]}
-        from ember.engine.model_runner import pick_bucket
+        from ember.engine.cuda_graphs import pick_bucket
 
-        bucket = pick_bucket(engine.runner.decode_buckets, b)
-        graph = engine.runner.decode_graphs[bucket]
+        bucket = pick_bucket(engine.runner.cuda_graphs.buckets, b)
+        graph = engine.runner.cuda_graphs.graphs[bucket]
         gpu_ms = event_ms(graph.replay, 100)
         kernels = kernels_of_replay(graph)
         for s in seqs:

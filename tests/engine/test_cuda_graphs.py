@@ -2,10 +2,13 @@
 
 There are no graphs on the CPU, but the padded decode runs the same inputs eagerly: padding
 rows (context length 0, slot -1) must leave the real rows' logits and the KV cache alone.
-The graphs themselves are checked against eager decode in tests/gpu/test_cuda_graphs_gpu.py.
+The capture and replay code runs here with the CUDA graph API faked; the graphs themselves are
+checked against eager decode in tests/gpu/test_cuda_graphs_gpu.py.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import pytest
 import torch
@@ -13,7 +16,8 @@ import torch
 from ember import LLM, SamplingParams
 from ember.cli.main import build_parser
 from ember.engine.llm_engine import EngineArgs
-from ember.engine.model_runner import MAX_GRAPH_BATCH, decode_graph_buckets, pick_bucket
+from ember.engine.cuda_graphs import MAX_GRAPH_BATCH, DecodeGraphs, decode_graph_buckets, pick_bucket
+from ember.ops.attention import decode_num_splits, decode_workspace_numel
 
 MAX_NUM_SEQS = 8
 # Mixed prompt lengths; different max_tokens make the decode batch shrink 5, 4, 3, 2, 1,
@@ -48,10 +52,10 @@ def test_pick_bucket():
 
 def test_no_graphs_on_cpu_and_enforce_eager_plumbing(llm, tiny_checkpoint):
     assert EngineArgs(model="x").enforce_eager is False
-    assert llm.engine.runner.decode_graphs == {} and llm.engine.runner.decode_buckets == []
+    assert llm.engine.runner.cuda_graphs.graphs == {} and llm.engine.runner.cuda_graphs.buckets == []
     eager = LLM(str(tiny_checkpoint), dtype="float32", device="cpu", max_model_len=64, max_num_seqs=2,
                 progress=False, enforce_eager=True)
-    assert eager.engine.args.enforce_eager and eager.engine.runner.decode_graphs == {}
+    assert eager.engine.args.enforce_eager and eager.engine.runner.cuda_graphs.graphs == {}
     assert build_parser().parse_args(["-m", "x", "--enforce-eager"]).enforce_eager is True
     assert build_parser().parse_args(["-m", "x"]).enforce_eager is False
 
@@ -70,10 +74,10 @@ def test_padded_decode_step_matches_unpadded(llm, monkeypatch):
         bucket = pick_bucket(buckets, b)
         cache_before = k_cache.clone()
         padded = runner._run_decode_padded(seqs, bucket).clone()
-        assert runner.decode_context_lens[b:bucket].eq(0).all() and runner.decode_slots[b:bucket].eq(-1).all()
+        assert runner.inputs.decode_context_lens[b:bucket].eq(0).all() and runner.inputs.decode_slots[b:bucket].eq(-1).all()
         # Padding writes no K/V: only the batch's own slots changed.
         written = torch.zeros(k_cache.shape[0] * k_cache.shape[1], dtype=torch.bool)
-        written[runner.decode_slots[:b]] = True
+        written[runner.inputs.decode_slots[:b]] = True
         changed = (k_cache != cache_before).flatten(2).any(-1).flatten()
         assert not (changed & ~written).any()
         logits = unpadded_logits(seqs)  # written last, so the generation goes on exactly as eager
@@ -104,8 +108,74 @@ def test_generation_through_buckets_matches_eager(llm, monkeypatch):
         padded_batches.append((len(seqs), bucket))
         return run_padded(seqs, bucket)
 
-    monkeypatch.setattr(runner, "decode_buckets", decode_graph_buckets(MAX_NUM_SEQS))
+    monkeypatch.setattr(runner.cuda_graphs, "buckets", decode_graph_buckets(MAX_NUM_SEQS))
     monkeypatch.setattr(runner, "_run_decode_padded", record)
     got = [o.token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
     assert got == want
     assert (5, 8) in padded_batches and (3, 4) in padded_batches
+
+
+
+class FakeGraph:
+    """torch.cuda.CUDAGraph on the CPU: replay() reruns the decode forward of the bucket it
+    was captured for, into the graphs' logits, as the real graph's kernels would."""
+
+    def __init__(self):
+        self.graphs, self.bucket, self.replays = None, None, 0
+
+    def replay(self):
+        self.replays += 1
+        with torch.inference_mode():
+            self.graphs.logits[: self.bucket].copy_(self.graphs.forward(self.bucket))
+
+
+def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
+    """capture() with the CUDA graph API faked: buckets, per-bucket splits, the shared
+    workspace, counters and logits, capture order and all-padding capture inputs; then every
+    decode step of a generation replays a "graph", and the tokens are those of eager decoding."""
+    runner, cfg = llm.engine.runner, llm.engine.runner.cfg
+    want = [o.token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
+    k_cache = llm.engine.model.model.layers[0].self_attn.attn.k_cache
+    k_before = k_cache.clone()
+    graphs = DecodeGraphs(runner.model, cfg, runner.inputs, runner.block_size, runner.max_blocks_per_seq,
+                          runner.device)
+    forwards = []
+    forward = graphs.forward
+
+    def recording_forward(num_rows):
+        forwards.append(num_rows)
+        return forward(num_rows)
+
+    @contextlib.contextmanager
+    def fake_capture(graph, pool=None):
+        inputs = runner.inputs
+        assert inputs.decode_slots.eq(-1).all() and inputs.decode_context_lens.eq(0).all()  # all padding
+        yield
+        graph.graphs, graph.bucket = graphs, forwards[-1]
+
+    graphs.forward = recording_forward
+    with monkeypatch.context() as m:
+        m.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+        m.setattr(torch.cuda, "graph", fake_capture)
+        m.setattr(torch.cuda, "graph_pool_handle", lambda: None)
+        m.setattr(torch.cuda, "device", lambda device: contextlib.nullcontext())
+        m.setattr(torch.cuda, "synchronize", lambda: None)
+        graphs.capture(MAX_NUM_SEQS)
+    del graphs.forward
+    buckets = decode_graph_buckets(MAX_NUM_SEQS)
+    assert graphs.buckets == buckets and sorted(graphs.graphs) == buckets
+    assert forwards == [b for b in reversed(buckets) for _ in range(2)]  # largest first; warm-up, capture
+    assert all(g.bucket == b for b, g in graphs.graphs.items())
+    assert graphs.num_splits == {
+        b: decode_num_splits(b, cfg.num_key_value_heads, runner.max_blocks_per_seq, runner.block_size)
+        for b in buckets}
+    assert graphs.workspace.numel() == max(
+        decode_workspace_numel(b, cfg.num_attention_heads, cfg.head_dim, graphs.num_splits[b]) for b in buckets)
+    assert graphs.counters.shape == (MAX_NUM_SEQS * cfg.num_key_value_heads,) and graphs.counters.eq(0).all()
+    assert graphs.logits.shape == (MAX_NUM_SEQS, cfg.vocab_size) and graphs.logits.dtype == torch.float32
+    assert torch.equal(k_cache, k_before)  # capture wrote no K/V
+
+    monkeypatch.setattr(runner, "cuda_graphs", graphs)
+    got = [o.token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
+    assert got == want
+    assert {b for b, g in graphs.graphs.items() if g.replays} >= {1, 2, 4, 8}

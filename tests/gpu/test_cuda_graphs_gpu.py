@@ -61,14 +61,14 @@ def free_gpu():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_graph_decode_matches_eager(model_dir, dtype):
     eager = make_llm(model_dir, dtype, enforce_eager=True)
-    assert eager.engine.runner.decode_graphs == {}
+    assert eager.engine.runner.cuda_graphs.graphs == {}
     want = generate_all(eager)
     del eager
     free_gpu()
 
     llm = make_llm(model_dir, dtype)
     runner = llm.engine.runner
-    assert sorted(runner.decode_graphs) == [1, 2, 4, 8, 16, 24, 32]
+    assert sorted(runner.cuda_graphs.graphs) == [1, 2, 4, 8, 16, 24, 32]
     replayed = []
     run_padded = runner._run_decode_padded
 
@@ -131,7 +131,7 @@ def test_graph_decode_with_pdl_matches_without(model_dir, monkeypatch):
         if not pdl:
             monkeypatch.setenv("EMBER_DISABLE_PDL", "1")
         llm = make_llm(model_dir, "bfloat16")
-        assert sorted(llm.engine.runner.decode_graphs) == [1, 2, 4, 8, 16, 24, 32]
+        assert sorted(llm.engine.runner.cuda_graphs.graphs) == [1, 2, 4, 8, 16, 24, 32]
         got[pdl] = generate_all(llm)
         del llm
         free_gpu()

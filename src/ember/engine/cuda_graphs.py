@@ -1,0 +1,130 @@
+"""CUDA graphs of the decode step, one per batch-size bucket.
+
+Launching a decode step's kernels one by one costs more host time than small batches take on
+the device, so on CUDA each bucket's decode forward and fp32 logits are captured once at
+start-up and replayed. A batch runs padded to the smallest bucket that holds it; the graphs
+read their inputs from the fixed decode buffers of ``StepInputs``.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+
+from ember.config import ModelConfig
+from ember.engine.step_inputs import StepInputs
+from ember.layers.attention import AttentionMetadata
+from ember.ops.attention import decode_num_splits, decode_workspace_numel
+
+# Decode batch sizes that get a CUDA graph: the small ones close together, then steps of 16.
+_SMALL_BUCKETS = (1, 2, 4, 8, 16, 24, 32)
+_BUCKET_STEP = 16
+# Larger decode batches run eagerly: each graph holds memory, and at this size the launch
+# overhead is a small share of the step.
+MAX_GRAPH_BATCH = 512
+
+
+def decode_graph_buckets(max_num_seqs: int) -> list[int]:
+    """Ascending batch sizes to capture: 1, 2, 4, 8, 16, 24, 32, 48, 64, ... up to
+    ``max_num_seqs`` (itself a bucket, so every decode batch has one up to MAX_GRAPH_BATCH)."""
+    cap = min(max_num_seqs, MAX_GRAPH_BATCH)
+    sizes = [*_SMALL_BUCKETS, *range(_SMALL_BUCKETS[-1] + _BUCKET_STEP, cap, _BUCKET_STEP)]
+    return [b for b in sizes if b < cap] + [cap]
+
+
+def pick_bucket(buckets: list[int], batch_size: int) -> int | None:
+    """The smallest of the ascending ``buckets`` that holds ``batch_size``; None if none does."""
+    i = bisect.bisect_left(buckets, batch_size)
+    return buckets[i] if i < len(buckets) else None
+
+
+class DecodeGraphs:
+    """The decode forward over the decode buffers, eager or through a captured graph."""
+
+    def __init__(self, model: torch.nn.Module, cfg: ModelConfig, inputs: StepInputs, block_size: int,
+                 max_blocks_per_seq: int, device: torch.device):
+        self.model = model
+        self.cfg = cfg
+        self.inputs = inputs
+        self.block_size = block_size
+        self.max_blocks_per_seq = max_blocks_per_seq
+        self.device = device
+        # Decode steps of up to buckets[-1] sequences run padded to a bucket: through its
+        # graph in graphs, else eagerly. Both stay empty until capture() (so on CPU, and with
+        # enforce_eager).
+        self.buckets: list[int] = []
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.num_splits: dict[int, int] = {}  # decode attention splits at each bucket
+        self.workspace: torch.Tensor | None = None  # decode attention scratch, all buckets
+        self.counters: torch.Tensor | None = None  # its zeroed int32 arrival counters, all buckets
+        self.logits: torch.Tensor | None = None  # fp32 [largest bucket, vocab], graphs' output
+
+    def forward(self, num_rows: int) -> torch.Tensor:
+        """Logits (model dtype) of the first ``num_rows`` rows of the decode buffers: the body
+        of a decode graph. Buckets use the preallocated attention workspace."""
+        inputs = self.inputs
+        num_splits = self.num_splits.get(num_rows)
+        meta = AttentionMetadata(
+            is_prefill=False,
+            slot_mapping=inputs.decode_slots[:num_rows],
+            context_lens=inputs.decode_context_lens[:num_rows],
+            block_tables=inputs.decode_block_tables[:num_rows],
+            decode_workspace=self.workspace if num_splits is not None else None,
+            decode_counters=self.counters if num_splits is not None else None,
+            decode_num_splits=num_splits,
+        )
+        hidden = self.model(inputs.decode_input_ids[:num_rows], inputs.decode_positions[:num_rows], meta)
+        return self.model.compute_logits(hidden)
+
+    def run_bucket(self, bucket: int, num_seqs: int) -> torch.Tensor:
+        """fp32 logits [num_seqs, vocab] of a decode batch filled in as ``bucket`` rows: by
+        replaying the bucket's graph, or eagerly when it has none. Padding rows are dropped."""
+        graph = self.graphs.get(bucket)
+        if graph is None:
+            return self.forward(bucket)[:num_seqs].float()
+        graph.replay()
+        return self.logits[:num_seqs]
+
+    @torch.inference_mode()
+    def capture(self, max_num_seqs: int) -> None:
+        """Capture one CUDA graph per bucket of ``decode_graph_buckets(max_num_seqs)``.
+
+        Each covers the decode forward and the fp32 logits copy into ``logits``; the
+        attention splits are fixed per bucket and share one preallocated workspace, so a
+        replay allocates nothing. Graphs share one memory pool, largest captured first so the
+        smaller ones fit in what it already holds (replays never overlap).
+        """
+        if len({p.device for p in self.model.parameters()}) > 1:
+            return  # layers on several GPUs: one graph cannot follow them yet, so stay eager
+        cfg = self.cfg
+        buckets = decode_graph_buckets(max_num_seqs)
+        self.num_splits = {
+            b: decode_num_splits(b, cfg.num_key_value_heads, self.max_blocks_per_seq, self.block_size)
+            for b in buckets
+        }
+        numel = max(
+            decode_workspace_numel(b, cfg.num_attention_heads, cfg.head_dim, self.num_splits[b])
+            for b in buckets
+        )
+        self.workspace = torch.empty(numel, dtype=torch.float32, device=self.device)
+        self.counters = torch.zeros(buckets[-1] * cfg.num_key_value_heads,  # decode_counters_numel
+                                    dtype=torch.int32, device=self.device)
+        self.logits = torch.empty(buckets[-1], cfg.vocab_size, dtype=torch.float32, device=self.device)
+        # Capture on all-padding inputs: nothing is written to the KV cache.
+        inputs = self.inputs
+        for buffer, value in ((inputs.decode_input_ids, 0), (inputs.decode_positions, 0), (inputs.decode_slots, -1),
+                              (inputs.decode_context_lens, 0), (inputs.decode_block_tables, 0)):
+            buffer.fill_(value)
+        pool = torch.cuda.graph_pool_handle()
+        with torch.cuda.device(self.device):
+            for b in reversed(buckets):
+                # Warm-up outside the capture: Triton compiles this bucket's kernels, cuBLAS
+                # sets up its handle and workspace.
+                self.logits[:b].copy_(self.forward(b))
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.logits[:b].copy_(self.forward(b))
+                self.graphs[b] = graph
+            torch.cuda.synchronize()
+        self.buckets = buckets

@@ -1,0 +1,113 @@
+"""Sampling one token per row on the device, and handing the tokens to the host.
+
+Nothing here waits for the device: ``Sampler.sample`` launches the penalties, the sampling
+and the copies back to the host, and returns a ``SampledStep`` to wait on later. The sampled
+tokens also stay on the device (``PendingTokens``) for the next step's inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ember import ops
+from ember.engine.host_staging import HostStaging, copy_to_device
+from ember.engine.sampler_inputs import PENALTY_FIELDS, SAMPLING_FIELDS, packed_bytes, stage_row_params
+from ember.engine.sequence import Sequence, TokenLogprobs
+from ember.engine.step_inputs import PendingTokens
+from ember.ops.sampling import compute_logprobs
+
+
+@dataclass
+class SampledStep:
+    """A launched step's sampled tokens, on their way to the host.
+
+    ``host`` holds pinned copies of the tokens and, when any row asked for logprobs, of
+    (chosen logprob, top ids, top logprobs); they are valid once ``ready`` has fired.
+    """
+
+    seqs: list[Sequence]
+    host: list[torch.Tensor]
+    ready: torch.cuda.Event | None
+    want_logprobs: list[bool]
+
+    def wait(self) -> tuple[list[int], list[TokenLogprobs | None]]:
+        """Block until the device is done; the tokens and each row's logprobs (or None)."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        tokens = self.host[0].tolist()
+        logprobs: list[TokenLogprobs | None] = [None] * len(tokens)
+        if len(self.host) > 1:
+            chosen, top_ids, top_lps = (t.tolist() for t in self.host[1:])
+            for i, s in enumerate(self.seqs):
+                if self.want_logprobs[i]:
+                    k = s.params.logprobs
+                    logprobs[i] = TokenLogprobs(tokens[i], chosen[i], dict(zip(top_ids[i][:k], top_lps[i][:k])))
+        return tokens, logprobs
+
+
+class Sampler:
+    """Penalties, sampling and logprobs of a step's rows, launched without waiting."""
+
+    def __init__(self, device: torch.device, max_num_seqs: int, staging: HostStaging, pending: PendingTokens):
+        self.device = device
+        self.pin = device.type == "cuda"
+        self.staging = staging
+        self.pending = pending
+        # Where the packed per-row parameters land (see sampler_inputs). One buffer serves
+        # every step: a step's copy into it is queued after the last step's kernels read it.
+        self.row_params = torch.zeros(packed_bytes(max_num_seqs), dtype=torch.uint8, device=device)
+
+    def _penalty_state(self, seqs: list[Sequence], vocab: int):
+        b = len(seqs)
+        prompt_mask = torch.zeros(b, vocab, dtype=torch.bool, device=self.device)
+        counts = torch.zeros(b, vocab, dtype=torch.int32, device=self.device)
+        for i, s in enumerate(seqs):
+            if not s.params.needs_penalties:
+                continue  # neutral penalties: its tokens do not matter (some may be pending)
+            assert not s.num_pending, "penalties need every output token on the host"
+            prompt = torch.tensor(s.prompt_token_ids, dtype=torch.int64).clamp_(0, vocab - 1)
+            prompt_mask[i, prompt.to(self.device)] = True
+            out = s.output_token_ids
+            if out:
+                out_t = copy_to_device(out, torch.int64, self.device, self.pin).clamp_(0, vocab - 1)
+                counts[i].scatter_add_(0, out_t, torch.ones_like(out_t, dtype=torch.int32))
+        return prompt_mask, counts
+
+    def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> SampledStep:
+        """Sample one token per row on the device and start copying them to the host; nothing
+        here waits for the device."""
+        params = [s.params for s in seqs]
+        want_logprobs = [p.logprobs is not None for p in params]
+        raw = logits if any(want_logprobs) else None
+        staging = self.staging.current
+        needs_penalties = any(p.needs_penalties for p in params)
+        greedy = all(p.greedy for p in params)
+        fields = (PENALTY_FIELDS if needs_penalties else ()) + (() if greedy else SAMPLING_FIELDS)
+        rows = stage_row_params(seqs, fields, staging.sampling_params, self.row_params) if fields else {}
+        if needs_penalties:
+            logits = logits.clone() if raw is not None else logits
+            prompt_mask, counts = self._penalty_state(seqs, logits.shape[1])
+            ops.apply_penalties(logits, prompt_mask, counts, rows["presence_penalty"], rows["frequency_penalty"],
+                                rows["repetition_penalty"])
+        if greedy:
+            tokens = logits.argmax(dim=-1)
+        else:
+            tokens = ops.sample_tokens(logits, rows["temperature"], rows["top_k"], rows["top_p"], rows["min_p"],
+                                       rows["seeds"], rows["steps"])
+        device_results = [tokens]
+        if raw is not None:
+            device_results += compute_logprobs(raw, tokens, max(p.logprobs or 0 for p in params))
+        if self.device.type == "cuda":
+            tokens_host = staging.tokens[: len(seqs)].copy_(tokens, non_blocking=True)
+            # Rare (logprobs): fresh pinned buffers, freed by the caching host allocator once copied.
+            host = [tokens_host, *(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                                   for t in device_results[1:])]
+        else:
+            host = device_results
+        ready = staging.ready
+        if ready is not None:
+            ready.record()
+        self.pending.record(tokens, seqs)
+        return SampledStep(seqs, host, ready, want_logprobs)

@@ -1,0 +1,104 @@
+"""Step inputs built on the host: block tables, prefill and decode inputs (padding rows
+included), and tokens still on the device copied into place for async scheduling."""
+
+from __future__ import annotations
+
+from array import array
+
+import numpy as np
+import torch
+
+from ember import SamplingParams
+from ember.engine.host_staging import HostStaging
+from ember.engine.sampler_inputs import packed_bytes
+from ember.engine.sequence import PENDING_TOKEN, Sequence
+from ember.engine.step_inputs import PendingTokens, StepInputs, block_tables
+
+BLOCK_SIZE = 4
+MAX_NUM_SEQS = 6
+MAX_BLOCKS = 8
+
+
+def make_inputs() -> StepInputs:
+    staging = HostStaging(MAX_NUM_SEQS, MAX_BLOCKS, packed_bytes(MAX_NUM_SEQS), pin=False)
+    return StepInputs(MAX_NUM_SEQS, MAX_BLOCKS, BLOCK_SIZE, torch.device("cpu"), staging, PendingTokens())
+
+
+def make_seq(num_tokens: int, blocks: list[int], cached: int = 0) -> Sequence:
+    s = Sequence([100 + 3 * i for i in range(num_tokens)], SamplingParams(), seed=0)
+    s.block_table = array("i", blocks)
+    s.num_cached_tokens = cached
+    return s
+
+
+def slot(s: Sequence, pos: int) -> int:
+    return s.block_table[pos // BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE
+
+
+def test_block_tables_zero_padded():
+    seqs = [make_seq(1, [7]), make_seq(9, [3, 1, 12]), make_seq(5, [0, 2])]
+    assert block_tables(seqs).tolist() == [[7, 0, 0], [3, 1, 12], [0, 2, 0]]
+    assert block_tables(seqs).dtype == np.int32
+
+
+def test_prepare_prefill_chunks_and_decode_rows():
+    inputs = make_inputs()
+    # A first chunk, a later chunk of a longer prompt, and a decode row (one token).
+    seqs = [make_seq(6, [5, 9]), make_seq(11, [2, 4, 8], cached=4), make_seq(7, [1, 6], cached=6)]
+    num_new = [6, 5, 1]
+    input_ids, positions, meta, last_rows = inputs.prepare_prefill(seqs, num_new)
+    want_pos = [p for s, n in zip(seqs, num_new) for p in range(s.num_cached_tokens, s.num_cached_tokens + n)]
+    want_ids = [t for s, n in zip(seqs, num_new) for t in s.token_ids[s.num_cached_tokens: s.num_cached_tokens + n]]
+    assert input_ids.tolist() == want_ids and positions.tolist() == want_pos
+    seq_of_row = [i for i, n in enumerate(num_new) for _ in range(n)]
+    assert meta.is_prefill and meta.max_seqlen_q == 6
+    assert meta.slot_mapping.tolist() == [slot(seqs[i], p) for i, p in zip(seq_of_row, want_pos)]
+    assert meta.context_lens.tolist() == [6, 9, 7] and meta.context_lens.dtype == torch.int32
+    assert meta.cu_seqlens_q.tolist() == [0, 6, 11, 12]
+    assert meta.block_tables.tolist() == [[5, 9, 0], [2, 4, 8], [1, 6, 0]]
+    assert last_rows == [5, 10, 11]
+
+
+def test_prepare_decode_fills_buffers_and_pads():
+    inputs = make_inputs()
+    seqs = [make_seq(5, [3, 7]), make_seq(1, [4]), make_seq(9, [1, 2, 6])]
+    inputs.prepare_decode(seqs, num_rows=5)
+    assert inputs.decode_input_ids[:5].tolist() == [s.token_ids[-1] for s in seqs] + [0, 0]
+    assert inputs.decode_positions[:5].tolist() == [4, 0, 8, 0, 0]
+    assert inputs.decode_slots[:5].tolist() == [slot(s, len(s) - 1) for s in seqs] + [-1, -1]
+    assert inputs.decode_context_lens[:5].tolist() == [5, 1, 9, 0, 0]
+    assert inputs.decode_block_tables[:3, :3].tolist() == [[3, 7, 0], [4, 0, 0], [1, 2, 6]]
+    # It went through the current staging set, not the other one.
+    assert inputs.staging.current.rows[3, :3].tolist() == [5, 1, 9]
+    assert inputs.staging.sets[1 - inputs.staging.parity].rows.eq(0).all()
+    # A smaller batch after it: the rows past it become padding again.
+    inputs.staging.flip()
+    inputs.prepare_decode(seqs[:1], num_rows=2)
+    assert inputs.decode_context_lens[:2].tolist() == [5, 0] and inputs.decode_slots[:2].tolist() == [slot(seqs[0], 4), -1]
+
+
+def pending_seq(num_tokens: int, blocks: list[int], cached: int) -> Sequence:
+    s = make_seq(num_tokens, blocks, cached)
+    s.append_pending()
+    return s
+
+
+def test_pending_tokens_filled_on_the_device():
+    inputs = make_inputs()
+    a, b, c = pending_seq(4, [1, 2], 4), pending_seq(6, [3, 4], 6), make_seq(3, [5], 2)
+    sampled = torch.tensor([70, 71, 72])
+    # Steady decode: the same sequences in the same rows as the step that sampled them.
+    inputs.pending.record(sampled[:2], [a, b])
+    assert inputs.pending.sources([a, b], [0, 1]) == ([0, 1], [0, 1])
+    inputs.prepare_decode([a, b])
+    assert inputs.decode_input_ids[:2].tolist() == [70, 71]
+    # Rows moved (c joined, b now first): copied by index.
+    inputs.pending.record(sampled, [c, a, b])
+    inputs.prepare_decode([b, c, a])
+    assert inputs.pending.sources([b, c, a], [0, 1, 2]) == ([0, 2], [2, 1])
+    assert inputs.decode_input_ids[:3].tolist() == [72, c.token_ids[-1], 71]
+    # Prefill path: a placeholder is the last row of its sequence's chunk.
+    input_ids, _, _, last_rows = inputs.prepare_prefill([c, a], [1, 1])
+    assert input_ids.tolist() == [c.token_ids[-1], 71] and a.token_ids[-1] == PENDING_TOKEN
+    assert inputs.pending.sources([c, a], last_rows) == ([1], [1])
+    assert inputs.pending.sources([c], [0]) is None
