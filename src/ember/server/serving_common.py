@@ -6,7 +6,6 @@ import time
 import uuid
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 from collections.abc import AsyncIterator, Callable
 
@@ -20,6 +19,7 @@ from ember.server.errors import APIError, api_error_from, error_body
 from ember.server.metrics import ServerMetrics
 from ember.server.protocol import SamplingFields
 from ember.server.streaming import DONE, sse
+from ember.tokenizer.byte_pieces import piece_bytes
 
 _SEED_RANGE = 2**63  # the sampler keys its RNG by an int64 seed
 
@@ -101,28 +101,10 @@ def sampling_params(state: ServerState, req: SamplingFields, max_tokens: int, lo
 
 # ----- logprobs ------------------------------------------------------------------------------------
 
-@lru_cache(maxsize=1)
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2 byte-level BPE writes each byte as a printable character; this maps them back."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs, n = bs[:], 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
-
-
 def token_bytes(tokenizer, token_id: int) -> bytes:
     """The raw bytes of one token (a token may hold part of a UTF-8 character)."""
     piece = tokenizer.id_to_token(token_id)
-    if piece is None:
-        return b""
-    decoder = _byte_decoder()
-    if all(ch in decoder for ch in piece):
-        return bytes(decoder[ch] for ch in piece)
-    return piece.encode("utf-8")  # an added token such as <think>, stored as plain text
+    return b"" if piece is None else piece_bytes(piece)
 
 
 def token_text(tokenizer, token_id: int) -> str:

@@ -1,6 +1,7 @@
 """The model's tokenizer: tokenizer.json through the fast `tokenizers` library, plus what
 tokenizer_config.json adds (special tokens, chat template), matching transformers' AutoTokenizer."""
 
+import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 import tokenizers
 
 from ember.errors import TokenizerError
+from ember.tokenizer.byte_pieces import byte_pieces
 from ember.tokenizer.chat_template import ChatTemplate
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -16,6 +18,9 @@ CONFIG_FILE = "tokenizer_config.json"
 # Newer Hugging Face folders keep templates in their own files; these win over the config's.
 TEMPLATE_FILE = "chat_template.jinja"
 EXTRA_TEMPLATES_DIR = "additional_chat_templates"
+# Byte tables (see byte_pieces.py) by a digest of the two files they come from: a process that loads
+# one tokenizer many times (the tests build an engine per test) builds its table once.
+_BYTE_PIECES_BY_FILES: dict[bytes, list[bytes] | None] = {}
 
 
 def _read_json(path: Path) -> dict:
@@ -87,6 +92,8 @@ class Tokenizer:
         self.special_token_ids = frozenset(i for i, t in backend.get_added_tokens_decoder().items() if t.special)
         self.chat_templates = dict(chat_templates or {})
         self._compiled: dict[str, ChatTemplate] = {}
+        self._byte_pieces: dict[bool, list[bytes] | None] = {}
+        self._files_digest: bytes | None = None  # set by from_pretrained
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "Tokenizer":
@@ -102,7 +109,11 @@ class Tokenizer:
         cls._check_added_tokens(backend, config.get("added_tokens_decoder"), config_path)
         tokens = {name: _token_content(config.get(name), name, config_path)
                   for name in ("eos_token", "pad_token", "bos_token")}
-        return cls(backend, **tokens, chat_templates=_read_templates(folder, config, config_path))
+        tokenizer = cls(backend, **tokens, chat_templates=_read_templates(folder, config, config_path))
+        digest = hashlib.blake2b(tokenizer_path.read_bytes(), digest_size=16)
+        digest.update(config_path.read_bytes())  # it may add tokens
+        tokenizer._files_digest = digest.digest()
+        return tokenizer
 
     @staticmethod
     def _check_added_tokens(backend: tokenizers.Tokenizer, decoder: Any, path: Path) -> None:
@@ -144,6 +155,26 @@ class Tokenizer:
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of ``ids``; ids outside the vocabulary (padding rows of the embedding) decode to nothing."""
         return self._backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
+
+    def byte_pieces(self, skip_special_tokens: bool = False) -> list[bytes] | None:
+        """Each id's bytes, such that decode(ids) is the lossy UTF-8 decode of their join (b"" for
+        ids decode drops); None unless the decoder is byte-level. Built on first use (~0.25 s)."""
+        skip = bool(skip_special_tokens)
+        if skip not in self._byte_pieces:
+            if skip:
+                pieces = self.byte_pieces(False)
+                if pieces is not None:
+                    pieces = list(pieces)
+                    for i in self.special_token_ids:
+                        pieces[i] = b""
+            elif self._files_digest in _BYTE_PIECES_BY_FILES:
+                pieces = _BYTE_PIECES_BY_FILES[self._files_digest]
+            else:
+                pieces = byte_pieces(self._backend)
+                if self._files_digest is not None:
+                    _BYTE_PIECES_BY_FILES[self._files_digest] = pieces
+            self._byte_pieces[skip] = pieces
+        return self._byte_pieces[skip]
 
     def id_to_token(self, token_id: int) -> str | None:
         return self._backend.id_to_token(token_id)
