@@ -226,6 +226,28 @@ def test_decode_kernel_repeated_calls_share_workspace_and_counters(num_splits):
             assert (counters == 0).all()
 
 
+@pytest.mark.parametrize("merge", ["kernel", "launch"])
+@pytest.mark.parametrize("min_tokens", [64, 128, 256])
+def test_decode_kernel_merge_modes_and_coarse_splits(merge, min_tokens):
+    # Both merge paths, and splits coarser than the lengths ask for: 8 splits of at least
+    # min_tokens keys leave the tail splits of short rows empty, and the counters must still
+    # come back to zero (in "launch" mode nothing touches them).
+    ctx_lens = [0, 1, 64, 65, 300, 1000, 129]
+    args, _ = make_decode(ctx_lens, 8, 2, 32, torch.float32, block_size=16, seed=43)
+    workspace, counters = make_scratch(len(ctx_lens), 8, 2, 32, 8)
+    for _ in range(2):  # a second launch reuses the scratch, as graph replays do
+        out = paged_decode_attention_triton(*args, workspace=workspace, num_splits=8, counters=counters,
+                                            min_tokens_per_split=min_tokens, merge=merge)
+        assert_close(out, paged_decode_attention_reference(*args), torch.float32)
+        assert (out[0] == 0).all() and (counters == 0).all()
+
+
+def test_decode_kernel_rejects_partial_tile_splits():
+    args, _ = make_decode([10], 4, 2, 32, torch.float32, block_size=16)
+    with pytest.raises(AssertionError, match="whole key tiles"):
+        paged_decode_attention_triton(*args, num_splits=2, min_tokens_per_split=100)
+
+
 def test_decode_kernel_single_split_touches_no_scratch():
     args, _ = make_decode([0, 9, 70], 8, 2, 32, torch.float16, block_size=8, seed=37)
     workspace, counters = make_scratch(3, 8, 2, 32, 1)
@@ -324,3 +346,13 @@ def test_gpu_decode_single_launch_merge_is_race_free(ctx_lens):
     torch.cuda.synchronize()
     assert all(torch.equal(out, firsts[i % 2]) for i, out in enumerate(outs))
     assert (counters == 0).all()
+
+
+def test_kernels_do_not_specialise_on_the_block_table_width():
+    # The width changes between eager steps; a specialisation on it (== 1, % 16) compiled a new
+    # kernel variant in the middle of the throughput benchmark, costing ~1 s there.
+    for kernel in (attention._prefill_kernel, attention._decode_split_kernel):
+        if hasattr(kernel, "params"):  # compiled
+            assert "stride_bt_seq" in [p.name for p in kernel.params if p.do_not_specialize]
+        else:  # under TRITON_INTERPRET: the decorator's arguments
+            assert "stride_bt_seq" in kernel.kwargs["do_not_specialize"]

@@ -26,7 +26,21 @@ DECODE_NUM_WARPS = 4
 DECODE_NUM_STAGES = 3
 DECODE_TARGET_PROGRAMS = 512  # about 4 waves on 132 SMs: best measured on an H200 for B = 1..128
 DECODE_MAX_SPLITS = 64
-DECODE_MIN_TOKENS_PER_SPLIT = 64  # one key tile
+DECODE_MIN_TOKENS_PER_SPLIT = 64  # one key tile: the finest split the block-table capacity allows
+# The finest split actually used, on device from the context length: a split that attends only
+# a tile or two is all latency, and every extra split is one more partial to merge.
+DECODE_SPLIT_MIN_TOKENS = 64
+# Where the partials are merged: "kernel" = by the last-arriving split program (one launch),
+# "launch" = a second kernel with one program per (sequence, query head). Measured on an H200
+# (results/2026-11-22-h200-decode-attention-sweep.txt): with many splits (batch 1-8) the last
+# program's merge sits on the critical path and "launch" is up to 2.2x faster (8B, batch 1,
+# 8192 tokens: 34.6 -> 15.5 us); with 2 splits (batch 32) the single launch is faster.
+DECODE_LAUNCH_MERGE_MIN_SPLITS = 8
+
+
+def decode_merge_mode(num_splits: int) -> str:
+    """"kernel" or "launch" (see DECODE_LAUNCH_MERGE_MIN_SPLITS), from the split count alone."""
+    return "launch" if num_splits >= DECODE_LAUNCH_MERGE_MIN_SPLITS else "kernel"
 # Partial-acc elements the merging program loads per step: 32 fp32 registers a thread at 4 warps.
 # 8192 pushed an sm_90 compile past 128 registers (fewer programs per SM) for GQA groups >= 4.
 DECODE_MERGE_ELEMS = 4096
@@ -98,7 +112,10 @@ def _attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_
 
 
 # ---------------------------------------------------------------- prefill
-@triton.jit
+# The block table's row stride is its width, which changes from step to step (the longest
+# sequence's block count in eager steps): specialising on it (== 1, % 16) compiled new variants
+# in the middle of a workload, ~1 s each (benchmarks/NOTES.md, session 4).
+@triton.jit(do_not_specialize=["stride_bt_seq"])
 def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, context_lens_ptr,
                     block_tables_ptr, qk_scale, stride_q_tok, stride_q_head, stride_out_tok, stride_out_head,
                     stride_kv_block, stride_kv_offset, stride_kv_head, stride_bt_seq,
@@ -183,10 +200,11 @@ def paged_prefill_attention_triton(
 
 
 # ---------------------------------------------------------------- decode (split-K)
-# One launch, grid (B, Hkv, num_splits). Each program attends its split of the keys for all
-# query heads of one KV head. With num_splits > 1 it stores an unnormalised partial (acc,
-# max, sum) and counts itself in the group's counter; the program that arrives last merges
-# the group's partials into the output and zeroes the counter for the next launch/replay.
+# Grid (B, Hkv, num_splits). Each program attends its split of the keys for all query heads
+# of one KV head. With num_splits > 1 it stores an unnormalised partial (acc, max, sum); then
+# either a second launch merges them (one program per query head), or each program counts
+# itself in the group's counter and the one that arrives last merges the group's partials into
+# the output and zeroes the counter for the next launch/replay (decode_merge_mode picks).
 #
 # Memory ordering on the GPU: a scalar tl.atomic_add is issued by one thread of the program,
 # and triton 3.6 orders nothing else around it, so
@@ -256,13 +274,20 @@ def _merge_splits(out_ptr, partial_acc_ptr, partial_stats_ptr, first_row, num_va
 
 
 @triton.jit
+def _tokens_per_split(ctx_len, min_tokens_per_split, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Whole key tiles per split, computed on device, so the grid never depends on lengths."""
+    return tl.maximum(tl.cdiv(tl.cdiv(ctx_len, NUM_SPLITS), BLOCK_N) * BLOCK_N, min_tokens_per_split)
+
+
+@triton.jit(do_not_specialize=["stride_bt_seq"])  # see _prefill_kernel
 def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_ptr, partial_stats_ptr,
-                         counters_ptr, block_tables_ptr, context_lens_ptr, qk_scale, stride_q_seq, stride_q_head,
-                         stride_kv_block, stride_kv_offset, stride_kv_head, stride_bt_seq,
+                         counters_ptr, block_tables_ptr, context_lens_ptr, qk_scale, min_tokens_per_split,
+                         stride_q_seq, stride_q_head, stride_kv_block, stride_kv_offset, stride_kv_head,
+                         stride_bt_seq,
                          NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                          NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, MERGE_CHUNK: tl.constexpr,
-                         UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr):
+                         MERGE_IN_KERNEL: tl.constexpr, UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr):
     # Every program, empty split or not, waits before its first access: context lengths, block
     # tables, q, the KV cache (the previous kernel stored this step's K/V), the partials and the
     # counters (the previous launch's last program resets them) all follow earlier work.
@@ -272,8 +297,7 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_p
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     ctx_len = tl.load(context_lens_ptr + seq)
-    # Whole key tiles per split, computed on device, so the grid never depends on lengths.
-    tokens_per_split = tl.cdiv(tl.cdiv(ctx_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    tokens_per_split = _tokens_per_split(ctx_len, min_tokens_per_split, NUM_SPLITS, BLOCK_N)
     start = split * tokens_per_split
     end = tl.minimum(start + tokens_per_split, ctx_len)
     block_table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
@@ -300,6 +324,7 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_p
             tl.store(partial_acc_ptr + partial[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=head_valid[:, None])
             tl.store(partial_stats_ptr + partial * 2, m_i, mask=head_valid)
             tl.store(partial_stats_ptr + partial * 2 + 1, l_i, mask=head_valid)
+    if NUM_SPLITS > 1 and MERGE_IN_KERNEL:
         # Every split counts itself, empty or not, so the count always reaches NUM_SPLITS.
         tl.debug_barrier()  # all threads' partial stores before the (one-thread) release below
         counter_ptr = counters_ptr + seq * (NUM_Q_HEADS // GROUP) + kv_head
@@ -312,13 +337,32 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_p
             tl.store(counter_ptr, 0)  # ready for the next launch (or graph replay)
 
 
+@triton.jit
+def _decode_merge_kernel(out_ptr, partial_acc_ptr, partial_stats_ptr, context_lens_ptr, min_tokens_per_split,
+                         NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                         NUM_SPLITS: tl.constexpr, MERGE_CHUNK: tl.constexpr, USE_PDL: tl.constexpr):
+    """Merge mode "launch": one program per (sequence, query head) merges its partials."""
+    if USE_PDL:  # the partials come from the split kernel: wait for it
+        pdl_sync()
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    ctx_len = tl.load(context_lens_ptr + seq)
+    tokens_per_split = _tokens_per_split(ctx_len, min_tokens_per_split, NUM_SPLITS, BLOCK_N)
+    num_valid = tl.cdiv(ctx_len, tl.maximum(tokens_per_split, 1))
+    _merge_splits(out_ptr, partial_acc_ptr, partial_stats_ptr, seq.to(tl.int64) * NUM_Q_HEADS + head, num_valid,
+                  1, 1, HEAD_DIM, NUM_SPLITS, MERGE_CHUNK)
+
+
 def paged_decode_attention_triton(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
     *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
+    min_tokens_per_split: int | None = None, merge: str | None = None,
 ) -> Tensor:
-    """Split-K decode in one launch. With num_splits > 1 it needs ``workspace`` (fp32, see
+    """Split-K decode. With num_splits > 1 it needs ``workspace`` (fp32, see
     decode_workspace_numel; contents irrelevant) and ``counters`` (int32, see decode_counters_numel;
-    all zero on entry, and left all zero); either one left out is allocated per call."""
+    all zero on entry, and left all zero); either one left out is allocated per call.
+    ``min_tokens_per_split`` and ``merge`` override DECODE_SPLIT_MIN_TOKENS and
+    decode_merge_mode (for the tuning sweep)."""
     group, block_size, head_dim, upcast_dot = _check_inputs(q, k_cache, v_cache, block_tables)
     batch_size, num_q_heads, _ = q.shape
     num_kv_heads = k_cache.shape[2]
@@ -345,18 +389,29 @@ def paged_decode_attention_triton(
         assert counters.numel() >= decode_counters_numel(batch_size, num_kv_heads), \
             "counters too small: see decode_counters_numel"
 
-    block_g = triton.next_power_of_2(group)
+    min_tokens = DECODE_SPLIT_MIN_TOKENS if min_tokens_per_split is None else min_tokens_per_split
+    assert min_tokens > 0 and min_tokens % DECODE_BLOCK_N == 0, "min_tokens_per_split: whole key tiles"
+    merge = decode_merge_mode(num_splits) if merge is None else merge
+    assert merge in ("kernel", "launch"), merge
+    merge_in_kernel = merge == "kernel"
+    block_g = triton.next_power_of_2(group) if merge_in_kernel else 1
     per_step = max(1, DECODE_MERGE_ELEMS // (block_g * head_dim))  # splits merged per step: a power of two
     merge_chunk = min(triton.next_power_of_2(num_splits), 1 << (per_step.bit_length() - 1))
     use_pdl = pdl_enabled(q.device)
+    qk_scale = scale * math.log2(math.e)
     _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
         q, k_cache, v_cache, out, partial_acc, partial_stats, counters, block_tables, context_lens,
-        scale * math.log2(math.e), q.stride(0), q.stride(1),
+        qk_scale, min_tokens, q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_H=max(DECODE_MIN_ROWS, triton.next_power_of_2(group)),
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits,
-        BLOCK_G=block_g, MERGE_CHUNK=merge_chunk, UPCAST_DOT=upcast_dot, USE_PDL=use_pdl,
-        num_warps=DECODE_NUM_WARPS, num_stages=DECODE_NUM_STAGES, launch_pdl=use_pdl)
+        BLOCK_G=block_g, MERGE_CHUNK=merge_chunk, MERGE_IN_KERNEL=merge_in_kernel, UPCAST_DOT=upcast_dot,
+        USE_PDL=use_pdl, num_warps=DECODE_NUM_WARPS, num_stages=DECODE_NUM_STAGES, launch_pdl=use_pdl)
+    if num_splits > 1 and not merge_in_kernel:
+        _decode_merge_kernel[(batch_size, num_q_heads)](
+            out, partial_acc, partial_stats, context_lens, min_tokens,
+            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits,
+            MERGE_CHUNK=merge_chunk, USE_PDL=use_pdl, num_warps=DECODE_NUM_WARPS, launch_pdl=use_pdl)
     return out
 
 

@@ -1,0 +1,137 @@
+"""Decode attention at Qwen3 shapes: split count, minimum split length and merge mode (GPU only).
+
+For each (shape, batch, context) it times ``paged_decode_attention_triton`` as the decode graph
+runs it: one CUDA graph of back-to-back calls, each on its own layer's KV cache (enough layers
+that the caches exceed L2, as weights would evict them in a real step), with PDL as the engine
+launches it. Per call it reports µs and the share of the copy-rate floor (KV bytes read ÷ a
+device copy rate measured in the same run). Every variant's output is checked against the
+reference first, and the variants for a case must agree with each other.
+
+"current" is the engine's choice: the auto split count, DECODE_SPLIT_MIN_TOKENS = 64 and
+decode_merge_mode. Variants: merge "kernel" (last-arriving split program) or "launch" (a second kernel), the
+minimum tokens per split (DECODE_SPLIT_MIN_TOKENS), and the split count (the engine's
+decode_num_splits heuristic, or fixed).
+
+    python benchmarks/decode_attention_sweep.py [--shapes 0.6B,8B] [--batch-sizes 1,8,32]
+        [--contexts 128,512,2048,8192] [--out decode_attention_sweep.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+
+import torch
+
+from ember.bench.ceilings import copy_rate as measure_copy_rate
+from ember.ops import attention
+from ember.tools.random_checkpoint import QWEN3_SHAPES
+
+BLOCK_SIZE = 16  # the engine's default
+L2_EVICT_BYTES = 256 << 20  # the layers' caches together exceed L2 (50-60 MiB) several times
+
+
+def make_case(num_q_heads, num_kv_heads, head_dim, batch, context, layers, gen):
+    blocks_per_seq = math.ceil(context / BLOCK_SIZE)
+    num_blocks = batch * blocks_per_seq
+    tables = torch.randperm(num_blocks, generator=gen).view(batch, blocks_per_seq).int().cuda()
+    caches = []
+    for _ in range(layers):
+        k = torch.randn(num_blocks, BLOCK_SIZE, num_kv_heads, head_dim, device="cuda", dtype=torch.bfloat16)
+        caches.append((k, torch.randn_like(k)))
+    q = torch.randn(batch, num_q_heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
+    return q, caches, tables, lens
+
+
+def time_variant(q, caches, tables, lens, scale, num_splits, min_tokens, merge, reps=20):
+    b, hq, d = q.shape
+    hkv = caches[0][0].shape[2]
+    ws = torch.empty(attention.decode_workspace_numel(b, hq, d, num_splits), device="cuda")
+    counters = torch.zeros(attention.decode_counters_numel(b, hkv), dtype=torch.int32, device="cuda")
+
+    def step():
+        for k, v in caches:
+            attention.paged_decode_attention_triton(q, k, v, tables, lens, scale, workspace=ws, counters=counters,
+                                                    num_splits=num_splits, min_tokens_per_split=min_tokens,
+                                                    merge=merge)
+
+    out = attention.paged_decode_attention_triton(q, *caches[0], tables, lens, scale, workspace=ws,
+                                                  counters=counters, num_splits=num_splits,
+                                                  min_tokens_per_split=min_tokens, merge=merge)
+    step()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / reps / len(caches))
+    assert (counters == 0).all(), "counters not reset"
+    return sorted(times)[len(times) // 2], out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shapes", default="0.6B,8B")
+    ap.add_argument("--batch-sizes", default="1,8,32")
+    ap.add_argument("--contexts", default="128,512,2048,8192")
+    ap.add_argument("--min-tokens", default="64,128,256,512")
+    ap.add_argument("--splits", default="auto,16,32", help="'auto' = decode_num_splits; others fixed")
+    ap.add_argument("--out", default="decode_attention_sweep.json")
+    args = ap.parse_args()
+    copy_rate = measure_copy_rate(torch.device("cuda"))["bytes_per_s"]
+    print(f"{torch.cuda.get_device_name()}  copy rate {copy_rate / 1e12:.2f} TB/s")
+    gen = torch.Generator().manual_seed(0)
+    rows = []
+    for shape in args.shapes.split(","):
+        s = QWEN3_SHAPES[shape]
+        hq, hkv, d = s["num_attention_heads"], s["num_key_value_heads"], 128  # Qwen3 head_dim
+        for batch, context in itertools.product(map(int, args.batch_sizes.split(",")),
+                                                map(int, args.contexts.split(","))):
+            kv_bytes = batch * context * hkv * d * 2 * 2
+            layers = max(2, min(36, math.ceil(L2_EVICT_BYTES / kv_bytes)))
+            q, caches, tables, lens = make_case(hq, hkv, d, batch, context, layers, gen)
+            scale = d ** -0.5
+            ref = attention.paged_decode_attention_reference(q, *caches[0], tables, lens, scale)
+            # The engine sizes splits from a block table that holds max_model_len: here 8192 + 256.
+            auto = attention.decode_num_splits(batch, hkv, math.ceil(8448 / BLOCK_SIZE), BLOCK_SIZE)
+            split_options = sorted({auto if x == "auto" else int(x) for x in args.splits.split(",")})
+            floor_us = kv_bytes / copy_rate * 1e6
+            results = []
+            for num_splits, min_tokens, merge in itertools.product(
+                    split_options, map(int, args.min_tokens.split(",")), ("kernel", "launch")):
+                us, out = time_variant(q, caches, tables, lens, scale, num_splits, min_tokens, merge)
+                torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+                results.append({"shape": shape, "batch": batch, "context": context, "num_splits": num_splits,
+                                "auto_splits": auto, "min_tokens": min_tokens, "merge": merge, "us": us,
+                                "floor_us": floor_us, "layers": layers})
+            rows += results
+            best = min(results, key=lambda r: r["us"])
+            cur = next(r for r in results if r["num_splits"] == auto and r["min_tokens"] == 64
+                       and r["merge"] == attention.decode_merge_mode(auto))
+            print(f"{shape:>5} B={batch:<3} ctx={context:<5} floor {floor_us:6.2f} µs | current {cur['us']:6.2f} | "
+                  f"best {best['us']:6.2f} (splits {best['num_splits']}, min {best['min_tokens']}, {best['merge']})")
+            for merge in ("kernel", "launch"):
+                line = "  ".join(f"s{r['num_splits']}/m{r['min_tokens']}:{r['us']:.1f}" for r in results
+                                 if r["merge"] == merge)
+                print(f"      {merge:6} {line}")
+            del caches
+            torch.cuda.empty_cache()
+    with open(args.out, "w") as f:
+        json.dump({"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": __import__("triton").__version__,
+                   "copy_rate": copy_rate, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
