@@ -2,8 +2,9 @@
 
     python benchmarks/gemv_sweep.py --out benchmarks/results/gemv-sweep-h200.json
 
-For each projection of Qwen3 0.6B..32B (qkv, o, gate_up, down, and down fused with silu_mul)
-and each M: cuBLAS (F.linear; for the fused one ops.silu_mul then F.linear) and every Triton
+For each projection of Qwen3 0.6B..32B (qkv, o, gate_up, down, down fused with silu_mul, and
+qkv and gate_up fused with the add + RMSNorm before them) and each M: cuBLAS (F.linear; for the
+fused ones ops.silu_mul or ops.add_rms_norm first) and every Triton
 config of a candidate grid plus the shape heuristic's. Each is timed as CUDA-graph replays of
 one call per weight copy, with enough copies (>= 4, >= 256 MB) that L2 never holds the weight
 being read; time per call = replay time / calls. Every Triton result is checked against the
@@ -28,7 +29,14 @@ import triton
 
 from ember.bench.ceilings import copy_rate
 from ember.ops.activation import silu_mul
-from ember.ops.linear import SkinnyConfig, linear_triton, silu_mul_linear_triton
+from ember.ops.linear import (
+    SkinnyConfig,
+    add_rms_norm_linear_reference,
+    add_rms_norm_linear_triton,
+    linear_triton,
+    silu_mul_linear_triton,
+)
+from ember.ops.norm import add_rms_norm
 from ember.tools.random_checkpoint import QWEN3_SHAPES
 
 skinny = importlib.import_module("ember.ops.linear")  # the module: ember.ops.linear is the op
@@ -42,8 +50,12 @@ GRID = [  # (block_n, block_k, split_k, num_warps, num_stages, dot)
     C(128, 128, 1, 8, 3, True),
     C(16, 256, 2, 4, 4, True), C(16, 256, 4, 4, 4, True), C(16, 128, 8, 4, 4, True),
     C(32, 256, 2, 4, 4, True), C(32, 256, 4, 4, 4, True), C(64, 128, 2, 4, 4, True), C(64, 128, 4, 4, 4, True),
+    # session 4: deeper pipelines, wider K steps and 8 warps, for the 8B projections at M = 1
+    C(32, 512, 1, 4, 3, True), C(64, 256, 2, 4, 3, True), C(32, 256, 2, 4, 5, True), C(64, 128, 1, 8, 6, True),
+    C(128, 256, 1, 8, 3, True), C(16, 512, 2, 4, 4, True), C(32, 128, 2, 4, 6, True), C(64, 64, 2, 4, 8, True),
     # CUDA-core FMAs: only tried at M <= FMA_MAX_M, where padding x to 16 rows wastes the most
     C(4, 512, 1, 4, 3, False), C(8, 256, 1, 4, 3, False), C(8, 512, 2, 4, 3, False), C(16, 256, 1, 8, 3, False),
+    C(4, 1024, 1, 4, 3, False), C(8, 512, 1, 4, 4, False), C(16, 512, 1, 8, 3, False),
 ]
 FMA_MAX_M = 4
 MIN_COPIES, MIN_ROTATION_BYTES, MAX_COPIES = 4, 256 << 20, 64
@@ -59,7 +71,9 @@ def projections(models: list[str]) -> list[tuple[str, str, int, int, list[str]]]
         h, i = s["hidden_size"], s["intermediate_size"]
         q, kv = s["num_attention_heads"] * HEAD_DIM, s["num_key_value_heads"] * HEAD_DIM
         for op, proj, n, k in [("linear", "qkv", q + 2 * kv, h), ("linear", "o", h, q), ("linear", "gate_up", 2 * i, h),
-                               ("linear", "down", h, i), ("silu_mul_linear", "silu+down", h, i)]:
+                               ("linear", "down", h, i), ("silu_mul_linear", "silu+down", h, i),
+                               ("add_rms_norm_linear", "norm+qkv", q + 2 * kv, h),
+                               ("add_rms_norm_linear", "norm+gate_up", 2 * i, h)]:
             seen.setdefault((op, proj, n, k), []).append(model)
     return [(*key, models) for key, models in seen.items()]
 
@@ -120,13 +134,19 @@ def sweep_shape(op, n, k, ms, rate, log) -> list[dict]:
     copies = min(MAX_COPIES, max(MIN_COPIES, math.ceil(MIN_ROTATION_BYTES / wbytes)))
     weights = [torch.empty(n, k, dtype=torch.bfloat16, device="cuda").normal_(0, 0.02) for _ in range(copies)]
     fused = op == "silu_mul_linear"
+    normed = op == "add_rms_norm_linear"  # x = [h, residual] stacked
+    norm_w = torch.randn(k, device="cuda").to(torch.bfloat16)
 
     def cublas(x, w):
+        if normed:
+            return add_rms_norm_linear_reference(x[0], x[1], norm_w, 1e-6, w)[0]
         return F.linear(silu_mul(x) if fused else x, w)
 
     def kernel(cfg):
         if fused:
             return lambda x, w: silu_mul_linear_triton(x, w, config=cfg)
+        if normed:
+            return lambda x, w: add_rms_norm_linear_triton(x[0], x[1], norm_w, 1e-6, w, config=cfg)[0]
         return lambda x, w: linear_triton(x, w, config=cfg)
 
     def pct(us, m):  # share of the copy rate: weight + x read, y written
@@ -134,12 +154,16 @@ def sweep_shape(op, n, k, ms, rate, log) -> list[dict]:
 
     rows = []
     for m in ms:
-        x = torch.randn(m, k_in, device="cuda").to(torch.bfloat16)
+        x = torch.randn((2, m, k_in) if normed else (m, k_in), device="cuda").to(torch.bfloat16)
         ref = cublas(x, weights[0])
         row = {"op": op, "n": n, "k": k, "m": m, "copies": copies,
                "cublas_us": time_per_call(cublas, x, weights), "configs": []}
         if fused:  # what the unfused path spends on the activation alone
             row["silu_mul_us"] = time_per_call(lambda x, w: silu_mul(x), x, weights)
+        if normed:  # ... and on the add + norm alone, and the unfused path as Ember runs it today
+            row["norm_us"] = time_per_call(lambda x, w: add_rms_norm(x[0], x[1], norm_w, 1e-6), x, weights)
+            row["unfused_us"] = time_per_call(
+                lambda x, w: skinny.linear(add_rms_norm(x[0], x[1], norm_w, 1e-6)[0], w), x, weights)
         row["cublas_pct"] = pct(row["cublas_us"], m)
         for cfg in candidates(m, n, k, op):
             entry = {"config": list(cfg), "heuristic": cfg == skinny._heuristic_config(m, n, k, op)}
@@ -172,10 +196,11 @@ def decide(rows: list[dict]) -> dict:
         best = r["best"]
         if r["op"] == "linear":
             other = r["cublas_us"]
-        else:  # unfused: ops.silu_mul, then the better of cuBLAS and the Triton down projection
+        else:  # unfused: ops.silu_mul / ops.add_rms_norm, then the better of cuBLAS and the Triton GEMM
+            pre_us = r["silu_mul_us"] if r["op"] == "silu_mul_linear" else r["norm_us"]
             d = down.get((r["n"], r["k"], r["m"]))
-            d_us = min(d["cublas_us"], d["best"]["us"]) if d and d["best"] else r["cublas_us"] - r["silu_mul_us"]
-            other = min(r["cublas_us"], r["silu_mul_us"] + d_us)
+            d_us = min(d["cublas_us"], d["best"]["us"]) if d and d["best"] else r["cublas_us"] - pre_us
+            other = min(r["cublas_us"], pre_us + d_us, r.get("unfused_us", math.inf))
         win = best is not None and best["us"] < other
         table[(r["op"], r["n"], r["k"], r["m"])] = tuple(best["config"]) if win else None
     return table
@@ -186,6 +211,7 @@ def main():
     ap.add_argument("--out", required=True, help="JSON results file")
     ap.add_argument("--models", default=",".join(QWEN3_SHAPES), help="comma-separated, of " + ",".join(QWEN3_SHAPES))
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="row counts (powers of two: table buckets)")
+    ap.add_argument("--ops", default="linear,silu_mul_linear,add_rms_norm_linear", help="which ops to sweep")
     args = ap.parse_args()
     start = time.perf_counter()
 
@@ -198,6 +224,8 @@ def main():
         f"torch {torch.__version__}, triton {triton.__version__}")
     rows = []
     for op, proj, n, k, models in projections(args.models.split(",")):
+        if op not in args.ops.split(","):
+            continue
         log(f"{'/'.join(models)} {proj} {n}x{k} ...")
         for r in sweep_shape(op, n, k, ms, rate, log):
             rows.append({**r, "proj": proj, "models": models})

@@ -16,9 +16,13 @@ import torch
 from kernel_check import DEVICE, DTYPES
 
 from ember.ops.activation import silu_mul_reference, silu_mul_triton
+from ember.ops.norm import add_rms_norm_triton, rms_norm_triton
 from ember.ops.linear import (
     SKINNY_MAX_M,
     SkinnyConfig,
+    add_rms_norm_linear,
+    add_rms_norm_linear_reference,
+    add_rms_norm_linear_triton,
     linear,
     linear_reference,
     linear_triton,
@@ -88,6 +92,52 @@ def test_silu_mul_linear_kernel(m, dtype, config):
     assert torch.equal(out, linear_triton(silu_mul_triton(gate_up), w, config=config))
 
 
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+@pytest.mark.parametrize("with_residual", [False, True], ids=["first-layer", "residual"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m", [1, 3, 16])
+def test_add_rms_norm_linear_kernel(m, dtype, with_residual, config):
+    # Hidden 200: the statistics pass ends on a partial chunk, the GEMM on a partial K step; the
+    # split configs check that exactly one program (the first) stores the residual sum.
+    x, w = make((m, 200), dtype, scale=2.0, seed=m), make((72, 200), dtype, scale=0.1, seed=7)
+    residual = make((m, 200), dtype, seed=50 + m) if with_residual else None
+    norm_w = make((200,), dtype, seed=9) + 1.0
+    bias = make((72,), dtype, seed=8)
+    out, res_out = add_rms_norm_linear_triton(x, residual, norm_w, 1e-6, w, bias, config=config)
+    loosen = 2.0 if dtype == torch.bfloat16 and DEVICE == "cpu" else 1.0  # truncating casts, see above
+    assert_gemm_close(out, add_rms_norm_linear_reference(x, residual, norm_w, 1e-6, w, bias)[0], loosen)
+    if residual is None:
+        assert res_out is x
+        normed = rms_norm_triton(x, norm_w, 1e-6)
+    else:  # the sum is the norm kernel's, bit for bit
+        normed, expected_sum = add_rms_norm_triton(x, residual, norm_w, 1e-6)
+        assert torch.equal(res_out, expected_sum)
+    # Same roundings as the norm kernel followed by the same GEMM, up to the order of the
+    # fp32 sum of squares (which may move a rounding by one ulp).
+    assert_gemm_close(out, linear_triton(normed, w, bias, config=config))
+
+
+def test_add_rms_norm_linear_dispatch(monkeypatch):
+    x, w = make((3, 200), torch.bfloat16), make((72, 200), torch.bfloat16, seed=1)
+    residual, norm_w = make((3, 200), torch.bfloat16, seed=2), make((200,), torch.bfloat16, seed=3)
+    if DEVICE == "cpu":  # off CUDA: the reference path, bit for bit
+        for res in (None, residual):
+            out, summed = add_rms_norm_linear(x, res, norm_w, 1e-6, w)
+            ref_out, ref_sum = add_rms_norm_linear_reference(x, res, norm_w, 1e-6, w)
+            assert torch.equal(out, ref_out) and torch.equal(summed, ref_sum)
+    launches = []
+    monkeypatch.setattr(skinny, "use_triton", lambda t: True)
+    monkeypatch.setattr(skinny, "_launch", lambda *args, **kw: launches.append(kw["op"]) or ("kernel", None))
+    monkeypatch.setitem(skinny.SKINNY_TABLE, ("add_rms_norm_linear", 72, 200, 4), (16, 64, 1, 4, 2, True))
+    assert add_rms_norm_linear(x, residual, norm_w, 1e-6, w)[0] == "kernel"
+    assert launches == ["add_rms_norm_linear"]
+    # The fused op runs only where the table has a measured entry for it (there is no heuristic):
+    # elsewhere the norm kernel, then ops.linear.
+    monkeypatch.delitem(skinny.SKINNY_TABLE, ("add_rms_norm_linear", 72, 200, 4))
+    assert skinny_config(3, 72, 200, "add_rms_norm_linear") is None
+    assert skinny_config(3, 72, 200, "linear") is not None
+
+
 def test_silu_mul_linear_reference_is_the_unfused_path():
     gate_up, w = make((3, 192), torch.bfloat16, scale=3.0), make((40, 96), torch.bfloat16, seed=1)
     assert torch.equal(silu_mul_linear_reference(gate_up, w), linear_reference(silu_mul_reference(gate_up), w))
@@ -115,7 +165,12 @@ def test_dispatch_policy(monkeypatch):
     monkeypatch.setattr(skinny, "use_triton", lambda t: True)
     monkeypatch.setattr(skinny, "_launch", lambda *args, **kw: launches.append(args[0].shape) or "kernel")
     w = make((72, 200), torch.bfloat16, seed=1)
-    assert linear(make((SKINNY_MAX_M, 200), torch.bfloat16), w) == "kernel"
+    assert linear(make((skinny._HEURISTIC_MAX_M, 200), torch.bfloat16), w) == "kernel"
+    # Past the heuristic's rows, only a measured table entry runs the kernel.
+    x32 = make((SKINNY_MAX_M, 200), torch.bfloat16)
+    assert torch.equal(linear(x32, w), linear_reference(x32, w))
+    monkeypatch.setitem(skinny.SKINNY_TABLE, ("linear", 72, 200, SKINNY_MAX_M), (16, 64, 1, 4, 2, True))
+    assert linear(x32, w) == "kernel"
     assert silu_mul_linear(make((1, 400), torch.bfloat16), w) == "kernel"
     for x, weight in [
         (make((SKINNY_MAX_M + 1, 200), torch.bfloat16), w),  # prefill-sized
@@ -125,7 +180,7 @@ def test_dispatch_policy(monkeypatch):
         assert torch.equal(linear(x, weight), linear_reference(x, weight))
     gate_up = make((SKINNY_MAX_M + 1, 400), torch.bfloat16)
     assert torch.equal(silu_mul_linear(gate_up, w), silu_mul_linear_reference(gate_up, w))
-    assert launches == [(SKINNY_MAX_M, 200), (1, 400)]
+    assert launches == [(skinny._HEURISTIC_MAX_M, 200), (SKINNY_MAX_M, 200), (1, 400)]
     # A table entry of None hands the shape back to cuBLAS (for the fused op: silu_mul, then linear).
     monkeypatch.setitem(skinny.SKINNY_TABLE, ("linear", 72, 200, 4), None)
     x = make((3, 200), torch.bfloat16)
@@ -159,7 +214,7 @@ GPU_SHAPES = [(4096, 1024), (1024, 3072), (1024, 2048), (6144, 4096)]
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("n,k", GPU_SHAPES)
-@pytest.mark.parametrize("m", [1, 4, 16])
+@pytest.mark.parametrize("m", [1, 4, 16, 32])
 def test_gpu_real_shapes(m, n, k, dtype):
     x, w = make((m, k), dtype, "cuda", seed=m), make((n, k), dtype, "cuda", scale=0.02, seed=1)
     assert_gemm_close(linear(x, w), linear_reference(x, w))
@@ -167,6 +222,13 @@ def test_gpu_real_shapes(m, n, k, dtype):
         assert_gemm_close(linear_triton(x, w, config=config), linear_reference(x, w))
     gate_up = make((m, 2 * k), dtype, "cuda", scale=3.0, seed=2)
     assert_gemm_close(silu_mul_linear(gate_up, w), silu_mul_linear_reference(gate_up, w))
+    residual, norm_w = make((m, k), dtype, "cuda", seed=3), make((k,), dtype, "cuda", seed=4)
+    for res in (None, residual):  # the fused kernel (table or heuristic config) and the dispatcher
+        ref, ref_sum = add_rms_norm_linear_reference(x, res, norm_w, 1e-6, w)
+        for out, summed in (add_rms_norm_linear_triton(x, res, norm_w, 1e-6, w),
+                            add_rms_norm_linear(x, res, norm_w, 1e-6, w)):
+            assert_gemm_close(out, ref)
+            torch.testing.assert_close(summed, ref_sum, rtol=0, atol=0)
 
 
 @pytest.mark.gpu

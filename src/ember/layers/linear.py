@@ -27,6 +27,15 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.linear(x, self.weight, self.bias)  # a skinny-GEMM kernel at decode, else cuBLAS
 
+    def forward_normed(self, x: torch.Tensor, residual: torch.Tensor | None, norm) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(self(norm(x + residual)), x + residual)``; without a residual, of x (and x itself).
+
+        One launch at decode: the add and the norm run in the skinny GEMM's prologue, saving
+        the norm kernel and the write + read of its output. A layer whose weights need their
+        own kernel (quantized, say) overrides this with the norm followed by its forward.
+        """
+        return ops.add_rms_norm_linear(x, residual, norm.weight, norm.eps, self.weight, self.bias)
+
     def shard_rows(self, shard: int | None) -> slice:
         """Rows of ``weight`` that checkpoint shard ``shard`` fills (all of them here)."""
         return slice(0, self.out_features)

@@ -2,12 +2,11 @@
 
     h = embed(tokens)
     for each layer:
-        x, r = rmsnorm(h + r)                 # residual add fused into the norm
-        q, k, v = x Wqkv
+        r = h + r;  q, k, v = rmsnorm(r) Wqkv    # add + norm run inside the projection at decode
         q, k = rope(rmsnorm_head(q)), rope(rmsnorm_head(k));  cache <- k, v
         h = attention(q, cache) Wo
-        x, r = rmsnorm(h + r)
-        h = (silu(x Wgate) * x Wup) Wdown
+        r = h + r;  g, u = rmsnorm(r) Wgate_up
+        h = (silu(g) * u) Wdown                # silu * mul inside the down projection
     logits = rmsnorm(h + r) Wlm        # only at the rows that need a next token
 
 Each layer may sit on its own device (``place_layers``); hidden states follow the layers.
@@ -40,8 +39,8 @@ class Qwen3Attention(nn.Module):
             cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
         )
 
-    def forward(self, x, positions, cos_sin, meta: AttentionMetadata):
-        q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+    def forward(self, qkv, positions, cos_sin, meta: AttentionMetadata):
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         out = self.attn(q, k, v, self.q_norm.weight, self.k_norm.weight, cos_sin, positions, meta)
         return self.o_proj(out)
 
@@ -52,9 +51,9 @@ class Qwen3MLP(nn.Module):
         self.gate_up_proj = PackedLinear(cfg.hidden_size, [cfg.intermediate_size] * 2)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
 
-    def forward(self, x):
+    def forward(self, gate_up):
         # down(silu(gate) * up), the activation fused into the down projection where that pays
-        return ops.silu_mul_linear(self.gate_up_proj(x), self.down_proj.weight)
+        return ops.silu_mul_linear(gate_up, self.down_proj.weight)
 
 
 class Qwen3DecoderLayer(nn.Module):
@@ -66,13 +65,11 @@ class Qwen3DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, h, residual, positions, cos_sin, meta):
-        if residual is None:  # first layer: the embedding is the residual stream
-            x, residual = self.input_layernorm(h), h
-        else:
-            x, residual = self.input_layernorm(h, residual)
-        h = self.self_attn(x, positions, cos_sin, meta)
-        x, residual = self.post_attention_layernorm(h, residual)
-        return self.mlp(x), residual
+        # residual None (first layer): the embedding is the residual stream
+        qkv, residual = self.self_attn.qkv_proj.forward_normed(h, residual, self.input_layernorm)
+        h = self.self_attn(qkv, positions, cos_sin, meta)
+        gate_up, residual = self.mlp.gate_up_proj.forward_normed(h, residual, self.post_attention_layernorm)
+        return self.mlp(gate_up), residual
 
 
 class Qwen3Model(nn.Module):

@@ -15,7 +15,7 @@ sequence b (int32, unused entries may hold anything but are never read past ``co
 
 from ember.ops.activation import silu_mul
 from ember.ops.embedding import embedding
-from ember.ops.linear import linear, silu_mul_linear
+from ember.ops.linear import add_rms_norm_linear, linear, silu_mul_linear
 from ember.ops.norm import add_rms_norm, rms_norm
 from ember.ops.rope import qk_norm_rope_store_kv
 from ember.ops.attention import paged_decode_attention, paged_prefill_attention
@@ -26,6 +26,7 @@ __all__ = [
     "embedding",
     "linear",
     "silu_mul_linear",
+    "add_rms_norm_linear",
     "add_rms_norm",
     "rms_norm",
     "qk_norm_rope_store_kv",

@@ -5,7 +5,11 @@
 computed while x is loaded, rounded as ``ops.silu_mul`` rounds (silu, then the product, each to
 the dtype), so the MLP's down projection needs no separate kernel nor intermediate tensor.
 
-At decode (M <= 16) a projection is a read of its weight: the time to beat is weight bytes over
+``add_rms_norm_linear(x, residual, norm_weight, eps, weight)``: the decoder layer's
+``rms_norm(x + residual) W^T`` with the norm computed while x is loaded (NORM prologue); it
+returns ``(y, x + residual)``, so the residual add and the norm need no kernel of their own.
+
+At decode (M <= 32) a projection is a read of its weight: the time to beat is weight bytes over
 the copy rate. cuBLAS tiles are made for larger M and miss it badly at some Qwen3 shapes (the
 0.6B o projection runs at 8% of the copy rate on an H200), or split K over a second reduce launch.
 Here a program owns BLOCK_N output columns for all M rows and streams its rows of W through a
@@ -33,9 +37,11 @@ import triton
 import triton.language as tl
 
 from ember.ops.activation import silu_mul
+from ember.ops.norm import add_rms_norm, rms_norm
 from ember.ops.dispatch import l2_prefetch, pdl_enabled, pdl_sync, use_triton
 
-SKINNY_MAX_M = 16  # rows up to which the dispatcher considers the kernel at all
+SKINNY_MAX_M = 32  # rows up to which the dispatcher considers the kernel at all
+_HEURISTIC_MAX_M = 16  # beyond this only measured table entries run the kernel (its guesses lost to cuBLAS)
 _MAX_BLOCK_M = 64  # linear_triton's limit: beyond this the padded tiles stop fitting registers
 _TARGET_PROGRAMS = 256  # about two per SM on a 132-SM H100/H200
 _WORKSPACE_FLOATS = 1 << 21  # split-K partials per device (8 MiB); larger needs run unsplit
@@ -52,61 +58,94 @@ class SkinnyConfig(NamedTuple):
 
 
 # (op, N, K, M rounded up to a power of two) -> SkinnyConfig fields, or None where the Triton kernel
-# lost: "linear" then uses cuBLAS, "silu_mul_linear" runs ops.silu_mul, then ops.linear.
+# lost: "linear" then uses cuBLAS, "silu_mul_linear" runs ops.silu_mul, then ops.linear, and
+# "add_rms_norm_linear" runs ops.add_rms_norm, then ops.linear.
 # Filled from the dict that benchmarks/gemv_sweep.py prints; shapes it lacks use the heuristic.
-# Measured on an H200 (benchmarks/results/2026-11-22-h200-gemv-sweep.txt): Qwen3-0.6B and -8B.
+# Measured on an H200, Qwen3-0.6B and -8B: "silu_mul_linear" in
+# benchmarks/results/2026-11-22-h200-gemv-sweep.txt, "linear" and "add_rms_norm_linear" in
+# benchmarks/results/2026-11-22-h200-norm-linear-sweep.txt (session 4).
 SKINNY_TABLE: dict[tuple[str, int, int, int], tuple | None] = {
     # (op, N, K, M bucket): (block_n, block_k, split_k, num_warps, num_stages, dot), None = fallback
-    ("linear", 4096, 1024, 1): (4, 512, 1, 4, 3, False),
-    ("linear", 4096, 1024, 2): (64, 128, 1, 4, 4, True),
-    ("linear", 4096, 1024, 4): (64, 128, 1, 4, 4, True),
-    ("linear", 4096, 1024, 8): (64, 128, 1, 4, 4, True),
-    ("linear", 4096, 1024, 16): (64, 128, 1, 4, 4, True),
-    ("linear", 1024, 2048, 1): (4, 512, 1, 4, 3, False),
-    ("linear", 1024, 2048, 2): (64, 128, 4, 4, 4, True),
+    ("linear", 4096, 1024, 1): (32, 256, 1, 4, 4, True),
+    ("linear", 4096, 1024, 2): (32, 256, 1, 4, 4, True),
+    ("linear", 4096, 1024, 4): (32, 256, 1, 4, 4, True),
+    ("linear", 4096, 1024, 8): (64, 256, 1, 4, 3, True),
+    ("linear", 4096, 1024, 16): (64, 256, 1, 4, 3, True),
+    ("linear", 4096, 1024, 32): (64, 256, 1, 4, 3, True),
+    ("add_rms_norm_linear", 4096, 1024, 1): (4, 512, 1, 4, 3, False),
+    ("add_rms_norm_linear", 4096, 1024, 2): (32, 256, 1, 4, 4, True),
+    ("add_rms_norm_linear", 4096, 1024, 4): None,
+    ("add_rms_norm_linear", 4096, 1024, 8): None,
+    ("add_rms_norm_linear", 4096, 1024, 16): None,
+    ("linear", 1024, 2048, 1): (4, 1024, 1, 4, 3, False),
+    ("linear", 1024, 2048, 2): (4, 1024, 1, 4, 3, False),
     ("linear", 1024, 2048, 4): (64, 128, 4, 4, 4, True),
     ("linear", 1024, 2048, 8): (64, 128, 4, 4, 4, True),
     ("linear", 1024, 2048, 16): (64, 128, 4, 4, 4, True),
-    ("linear", 6144, 1024, 1): (64, 128, 1, 4, 4, True),
+    ("linear", 1024, 2048, 32): (64, 128, 4, 4, 4, True),
+    ("linear", 6144, 1024, 1): (8, 512, 1, 4, 4, False),
     ("linear", 6144, 1024, 2): (64, 128, 1, 4, 4, True),
     ("linear", 6144, 1024, 4): (64, 128, 1, 4, 4, True),
     ("linear", 6144, 1024, 8): (64, 128, 1, 4, 4, True),
     ("linear", 6144, 1024, 16): (64, 128, 1, 4, 4, True),
-    ("linear", 1024, 3072, 1): (64, 128, 4, 4, 4, True),
-    ("linear", 1024, 3072, 2): (64, 128, 4, 4, 4, True),
-    ("linear", 1024, 3072, 4): (64, 128, 4, 4, 4, True),
-    ("linear", 1024, 3072, 8): (64, 128, 4, 4, 4, True),
-    ("linear", 1024, 3072, 16): (64, 128, 4, 4, 4, True),
-    ("silu_mul_linear", 1024, 3072, 1): (8, 512, 2, 4, 3, False),
-    ("silu_mul_linear", 1024, 3072, 2): (8, 512, 2, 4, 3, False),
+    ("linear", 6144, 1024, 32): (64, 128, 1, 4, 4, True),
+    ("add_rms_norm_linear", 6144, 1024, 1): (64, 256, 1, 4, 3, True),
+    ("add_rms_norm_linear", 6144, 1024, 2): None,
+    ("add_rms_norm_linear", 6144, 1024, 4): None,
+    ("add_rms_norm_linear", 6144, 1024, 8): None,
+    ("add_rms_norm_linear", 6144, 1024, 16): None,
+    ("linear", 1024, 3072, 1): (4, 1024, 1, 4, 3, False),
+    ("linear", 1024, 3072, 2): (4, 1024, 1, 4, 3, False),
+    ("linear", 1024, 3072, 4): (32, 256, 4, 4, 4, True),
+    ("linear", 1024, 3072, 8): (32, 256, 4, 4, 4, True),
+    ("linear", 1024, 3072, 16): (32, 256, 4, 4, 4, True),
+    ("linear", 1024, 3072, 32): (32, 256, 4, 4, 4, True),
+    ("silu_mul_linear", 1024, 3072, 1): None,
+    ("silu_mul_linear", 1024, 3072, 2): (4, 1024, 1, 4, 3, False),
     ("silu_mul_linear", 1024, 3072, 4): None,
     ("silu_mul_linear", 1024, 3072, 8): None,
     ("silu_mul_linear", 1024, 3072, 16): None,
+    ("silu_mul_linear", 1024, 3072, 32): None,
     ("linear", 6144, 4096, 1): (64, 256, 1, 4, 3, True),
     ("linear", 6144, 4096, 2): (64, 256, 1, 4, 3, True),
     ("linear", 6144, 4096, 4): (64, 256, 1, 4, 3, True),
-    ("linear", 6144, 4096, 8): (64, 256, 1, 4, 3, True),
+    ("linear", 6144, 4096, 8): None,
     ("linear", 6144, 4096, 16): (64, 256, 1, 4, 3, True),
-    ("linear", 4096, 4096, 1): (64, 128, 2, 4, 4, True),
-    ("linear", 4096, 4096, 2): (64, 128, 2, 4, 4, True),
-    ("linear", 4096, 4096, 4): (64, 128, 2, 4, 4, True),
-    ("linear", 4096, 4096, 8): (64, 128, 2, 4, 4, True),
-    ("linear", 4096, 4096, 16): (64, 128, 2, 4, 4, True),
-    ("linear", 24576, 4096, 1): None,
-    ("linear", 24576, 4096, 2): None,
-    ("linear", 24576, 4096, 4): None,
+    ("linear", 6144, 4096, 32): None,
+    ("add_rms_norm_linear", 6144, 4096, 1): None,
+    ("add_rms_norm_linear", 6144, 4096, 2): None,
+    ("add_rms_norm_linear", 6144, 4096, 4): None,
+    ("add_rms_norm_linear", 6144, 4096, 8): None,
+    ("add_rms_norm_linear", 6144, 4096, 16): None,
+    ("linear", 4096, 4096, 1): (64, 256, 2, 4, 3, True),
+    ("linear", 4096, 4096, 2): (64, 256, 2, 4, 3, True),
+    ("linear", 4096, 4096, 4): (64, 128, 4, 4, 4, True),
+    ("linear", 4096, 4096, 8): (64, 128, 4, 4, 4, True),
+    ("linear", 4096, 4096, 16): (64, 128, 4, 4, 4, True),
+    ("linear", 4096, 4096, 32): (64, 128, 4, 4, 4, True),
+    ("linear", 24576, 4096, 1): (64, 128, 1, 4, 4, True),
+    ("linear", 24576, 4096, 2): (64, 128, 1, 4, 4, True),
+    ("linear", 24576, 4096, 4): (64, 128, 1, 4, 4, True),
     ("linear", 24576, 4096, 8): (64, 128, 1, 4, 4, True),
     ("linear", 24576, 4096, 16): None,
+    ("linear", 24576, 4096, 32): None,
+    ("add_rms_norm_linear", 24576, 4096, 1): None,
+    ("add_rms_norm_linear", 24576, 4096, 2): None,
+    ("add_rms_norm_linear", 24576, 4096, 4): None,
+    ("add_rms_norm_linear", 24576, 4096, 8): None,
+    ("add_rms_norm_linear", 24576, 4096, 16): None,
     ("linear", 4096, 12288, 1): (64, 128, 4, 4, 4, True),
     ("linear", 4096, 12288, 2): (64, 128, 4, 4, 4, True),
     ("linear", 4096, 12288, 4): (64, 128, 4, 4, 4, True),
     ("linear", 4096, 12288, 8): (64, 128, 4, 4, 4, True),
     ("linear", 4096, 12288, 16): (64, 128, 4, 4, 4, True),
-    ("silu_mul_linear", 4096, 12288, 1): (64, 128, 4, 4, 4, True),
-    ("silu_mul_linear", 4096, 12288, 2): (64, 128, 4, 4, 4, True),
+    ("linear", 4096, 12288, 32): (64, 128, 4, 4, 4, True),
+    ("silu_mul_linear", 4096, 12288, 1): None,
+    ("silu_mul_linear", 4096, 12288, 2): None,
     ("silu_mul_linear", 4096, 12288, 4): (64, 128, 4, 4, 4, True),
     ("silu_mul_linear", 4096, 12288, 8): (64, 128, 4, 4, 4, True),
     ("silu_mul_linear", 4096, 12288, 16): (64, 128, 4, 4, 4, True),
+    ("silu_mul_linear", 4096, 12288, 32): None,
 }
 
 
@@ -132,14 +171,17 @@ def _heuristic_config(m: int, n: int, k: int, op: str) -> SkinnyConfig:
 
 def skinny_config(m: int, n: int, k: int, op: str = "linear") -> SkinnyConfig | None:
     """The kernel config for an [m, k] x [n, k]^T product, or None for the fallback: cuBLAS for
-    ``op="linear"``, ops.silu_mul then ops.linear for ``op="silu_mul_linear"``."""
+    ``op="linear"``, ops.silu_mul then ops.linear for ``op="silu_mul_linear"``, the norm kernel
+    then ops.linear for ``op="add_rms_norm_linear"``."""
     if not 1 <= m <= SKINNY_MAX_M:
         return None
     key = (op, n, k, triton.next_power_of_2(m))
     if key in SKINNY_TABLE:
         entry = SKINNY_TABLE[key]
         return None if entry is None else SkinnyConfig(*entry)
-    return _heuristic_config(m, n, k, op)
+    if op == "add_rms_norm_linear":  # its statistics pass often costs more than it saves: measured only
+        return None
+    return _heuristic_config(m, n, k, op) if m <= _HEURISTIC_MAX_M else None
 
 
 # ---------------------------------------------------------------------------------------- kernel
@@ -151,12 +193,25 @@ def _store_output(acc, out_ptr, bias_ptr, offs_n, offs_m, M, N, stride_om, HAS_B
     tl.store(out_ptr + offs_m[None, :] * stride_om + offs_n[:, None], acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _norm_prologue_input(x_ptrs, res_ptrs, norm_w_ptr, cols, mask, K, rstd, dtype: tl.constexpr,
+                         NORM: tl.constexpr):
+    """The GEMM input tile rms_norm(x [+ residual]) at ``cols``, rounded as ops.norm rounds it."""
+    s = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if NORM == 2:  # the sum is rounded to the dtype first, as add_rms_norm stores it
+        s = (s + tl.load(res_ptrs, mask=mask, other=0.0).to(tl.float32)).to(dtype).to(tl.float32)
+    h = (s * rstd[:, None]).to(dtype).to(tl.float32)
+    w = tl.load(norm_w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
+    return (w[None, :] * h).to(dtype)
+
+
 @triton.jit(do_not_specialize=["M"])
-def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, M, N, K, k_per_split,
-                   stride_xm, stride_wn, stride_om,
-                   HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, DOT: tl.constexpr, UPCAST_DOT: tl.constexpr,
-                   EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, res_ptr, norm_w_ptr, res_out_ptr, eps,
+                   M, N, K, k_per_split, stride_xm, stride_wn, stride_om,
+                   HAS_BIAS: tl.constexpr, SILU_MUL: tl.constexpr, NORM: tl.constexpr, DOT: tl.constexpr,
+                   UPCAST_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NORM_ROWS: tl.constexpr,
+                   NORM_CHUNK: tl.constexpr,
                    USE_PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -179,6 +234,32 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, M, N, K
         prefetch_cols = tl.minimum(k_start + tl.arange(0, PREFETCH_LINES) * line, k_end - 1)
         l2_prefetch(w_rows + prefetch_cols[None, :])
         pdl_sync()
+    if NORM > 0:
+        # NORM 1: x = rms_norm(x); 2: x = rms_norm(x + residual), and program (0, 0) stores the
+        # sum. The row statistics need all K columns, whatever this program's split: x is a few
+        # KiB per row, read from L2 by every program, against the MiBs of W. Only the real rows
+        # (NORM_ROWS, not the 16 a tensor-core tile pads to) are read, in chunks of about 4096
+        # elements: one step for a batch-1 row.
+        rows_n = tl.arange(0, NORM_ROWS)
+        sum_sq = tl.zeros((NORM_ROWS, NORM_CHUNK), dtype=tl.float32)
+        writer = (pid_n == 0) & (pid_k == 0)
+        for k in range(0, K, NORM_CHUNK):
+            cols = k + tl.arange(0, NORM_CHUNK)
+            mask = (rows_n < M)[:, None] & (cols < K)[None, :]
+            ptrs = rows_n[:, None] * stride_xm + cols[None, :]
+            s = tl.load(x_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)
+            if NORM == 2:
+                s = (s + tl.load(res_ptr + ptrs, mask=mask, other=0.0).to(tl.float32)).to(dtype)
+                tl.store(res_out_ptr + ptrs, s, mask=mask & writer)
+                s = s.to(tl.float32)
+            sum_sq += s * s
+        rstd_n = tl.math.rsqrt(tl.sum(sum_sq, axis=1) / K + eps)
+        if NORM_ROWS == BLOCK_M:
+            rstd = rstd_n
+        else:  # spread over the padded rows (rstd 0 there: their x is 0 anyway)
+            rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            for r in tl.static_range(NORM_ROWS):
+                rstd = tl.where(offs_m == r, tl.sum(tl.where(rows_n == r, rstd_n, 0.0), axis=0), rstd)
     if DOT:
         acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:  # per-lane partial sums, reduced once after the loop rather than every step
@@ -191,7 +272,10 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, M, N, K
         else:
             w = tl.load(w_rows + cols[None, :], mask=(cols < k_end)[None, :], other=0.0)
             x_mask = m_mask & (cols < k_end)[None, :]
-        if SILU_MUL:  # x = silu(gate) * up, gate_up = [gate | up] with K columns each
+        if NORM > 0:
+            x = _norm_prologue_input(x_rows + cols[None, :], res_ptr + offs_m[:, None] * stride_xm + cols[None, :],
+                                     norm_w_ptr, cols, x_mask, K, rstd, dtype, NORM)
+        elif SILU_MUL:  # x = silu(gate) * up, gate_up = [gate | up] with K columns each
             gate = tl.load(x_rows + cols[None, :], mask=x_mask, other=0.0).to(tl.float32)
             up = tl.load(x_rows + K + cols[None, :], mask=x_mask, other=0.0).to(tl.float32)
             act = (gate / (1.0 + tl.exp(-gate))).to(dtype).to(tl.float32)  # as ops.silu_mul rounds
@@ -245,13 +329,20 @@ def _split_k_workspace(device: torch.device, floats: int, counters: int):
     return _workspaces[device]
 
 
-def _launch(x, weight, bias, k, config: SkinnyConfig | None, silu: bool, op: str) -> torch.Tensor:
+def _launch(x, weight, bias, k, config: SkinnyConfig | None, op: str, norm=None):
+    """One skinny-GEMM launch of ``op``; ``norm`` = (residual or None, norm_weight, eps) for the
+    NORM prologue, which then also returns the residual sum (x itself without a residual)."""
     m, n = x.shape[0], weight.shape[0]
     assert x.dim() == 2 and x.stride(1) == 1 and weight.stride(1) == 1 and weight.shape[1] == k > 0
     assert m <= _MAX_BLOCK_M, f"skinny GEMM is for at most {_MAX_BLOCK_M} rows, got {m}"
     out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    residual, norm_weight, eps = norm if norm is not None else (None, out, 0.0)
+    res_out = x if norm is not None and residual is None else None
+    if residual is not None:
+        assert residual.shape == x.shape and residual.stride() == x.stride() and residual.dtype == x.dtype
+        res_out = torch.empty_like(x)
     if m == 0:
-        return out
+        return out if norm is None else (out, res_out)
     cfg = config or skinny_config(m, n, k, op) or _heuristic_config(m, n, k, op)
     block_m = max(16, triton.next_power_of_2(m)) if cfg.dot else triton.next_power_of_2(m)
     num_blocks = triton.cdiv(n, cfg.block_n)
@@ -268,19 +359,26 @@ def _launch(x, weight, bias, k, config: SkinnyConfig | None, silu: bool, op: str
         k_per_split = k
     use_pdl = pdl_enabled(x.device)
     # With PDL, the first num_stages W tiles of each program go to L2 before the wait.
+    # (Prefetching more, up to 16-48 MiB of W per launch, measured no faster at 0.6B and slower
+    # at 8B: benchmarks/NOTES.md, session 4.)
     prefetch_lines = triton.next_power_of_2(triton.cdiv(min(k_per_split, cfg.num_stages * cfg.block_k)
                                                         * weight.element_size(), 128))
+    norm_mode = 0 if norm is None else (1 if residual is None else 2)
+    # The norm's statistics pass: about 4096 elements of x (and residual) per step, in registers.
+    norm_rows = triton.next_power_of_2(m)
+    norm_chunk = min(triton.next_power_of_2(k), max(64, 4096 // norm_rows))
     _skinny_kernel[(num_blocks, split_k)](
-        x, weight, out if bias is None else bias, out, ws, counters, m, n, k, k_per_split,
-        x.stride(0), weight.stride(0), out.stride(0),
-        HAS_BIAS=bias is not None, SILU_MUL=silu, DOT=cfg.dot, UPCAST_DOT=not x.is_cuda,
-        EVEN_K=k_per_split % cfg.block_k == 0 and k % k_per_split == 0, SPLIT_K=split_k,
-        BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+        x, weight, out if bias is None else bias, out, ws, counters,
+        out if residual is None else residual, norm_weight, out if residual is None else res_out, eps,
+        m, n, k, k_per_split, x.stride(0), weight.stride(0), out.stride(0),
+        HAS_BIAS=bias is not None, SILU_MUL=op == "silu_mul_linear", NORM=norm_mode, DOT=cfg.dot,
+        UPCAST_DOT=not x.is_cuda, EVEN_K=k_per_split % cfg.block_k == 0 and k % k_per_split == 0, SPLIT_K=split_k,
+        BLOCK_M=block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, NORM_ROWS=norm_rows, NORM_CHUNK=norm_chunk,
         USE_PDL=use_pdl, PREFETCH_LINES=prefetch_lines if use_pdl else 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=use_pdl,
         enable_fp_fusion=False,  # as every Ember kernel: products round on their own
     )
-    return out
+    return out if norm is None else (out, res_out)
 
 
 # ---------------------------------------------------------------------------------------- ops
@@ -290,7 +388,7 @@ def linear_reference(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 def linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                   config: SkinnyConfig | None = None) -> torch.Tensor:
-    return _launch(x, weight, bias, x.shape[1], config, silu=False, op="linear")
+    return _launch(x, weight, bias, x.shape[1], config, op="linear")
 
 
 def silu_mul_linear_reference(gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -301,7 +399,24 @@ def silu_mul_linear_reference(gate_up: torch.Tensor, weight: torch.Tensor) -> to
 def silu_mul_linear_triton(gate_up: torch.Tensor, weight: torch.Tensor,
                            config: SkinnyConfig | None = None) -> torch.Tensor:
     assert gate_up.shape[-1] == 2 * weight.shape[1], (gate_up.shape, weight.shape)
-    return _launch(gate_up, weight, None, weight.shape[1], config, silu=True, op="silu_mul_linear")
+    return _launch(gate_up, weight, None, weight.shape[1], config, op="silu_mul_linear")
+
+
+def add_rms_norm_linear_reference(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
+                                  eps: float, weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """``(rms_norm(x + residual) W^T + b, x + residual)``; without a residual, of x alone."""
+    if residual is None:
+        return F.linear(rms_norm(x, norm_weight, eps), weight, bias), x
+    normed, residual = add_rms_norm(x, residual, norm_weight, eps)
+    return F.linear(normed, weight, bias), residual
+
+
+def add_rms_norm_linear_triton(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor,
+                               eps: float, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                               config: SkinnyConfig | None = None):
+    assert norm_weight.shape == (x.shape[1],) and norm_weight.dtype == x.dtype and norm_weight.is_contiguous()
+    return _launch(x, weight, bias, x.shape[1], config, op="add_rms_norm_linear",
+                   norm=(residual, norm_weight, eps))
 
 
 def _skinny_eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
@@ -315,7 +430,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if _skinny_eligible(x, weight, bias) and x.shape[1] == weight.shape[1]:
         config = skinny_config(x.shape[0], weight.shape[0], weight.shape[1])
         if config is not None:
-            return _launch(x, weight, bias, x.shape[1], config, silu=False, op="linear")
+            return _launch(x, weight, bias, x.shape[1], config, op="linear")
     return F.linear(x, weight, bias)
 
 
@@ -323,5 +438,23 @@ def silu_mul_linear(gate_up: torch.Tensor, weight: torch.Tensor) -> torch.Tensor
     if _skinny_eligible(gate_up, weight, None) and gate_up.shape[1] == 2 * weight.shape[1]:
         config = skinny_config(gate_up.shape[0], weight.shape[0], weight.shape[1], op="silu_mul_linear")
         if config is not None:
-            return _launch(gate_up, weight, None, weight.shape[1], config, silu=True, op="silu_mul_linear")
+            return _launch(gate_up, weight, None, weight.shape[1], config, op="silu_mul_linear")
     return linear(silu_mul(gate_up), weight)
+
+
+def add_rms_norm_linear(x: torch.Tensor, residual: torch.Tensor | None, norm_weight: torch.Tensor, eps: float,
+                        weight: torch.Tensor, bias: torch.Tensor | None = None):
+    """``(rms_norm(x + residual) W^T + b, x + residual)`` (without a residual: of x, and x): one
+    skinny-GEMM launch at decode where that shape's table entry says so, else the norm kernel
+    (ops.norm) and then ops.linear."""
+    if (_skinny_eligible(x, weight, bias) and x.shape[1] == weight.shape[1] and norm_weight.dtype == x.dtype
+            and (residual is None or (residual.is_contiguous() and residual.shape == x.shape
+                                      and residual.dtype == x.dtype))):
+        config = skinny_config(x.shape[0], weight.shape[0], weight.shape[1], op="add_rms_norm_linear")
+        if config is not None:
+            return _launch(x, weight, bias, x.shape[1], config, op="add_rms_norm_linear",
+                           norm=(residual, norm_weight.contiguous(), eps))
+    if residual is None:
+        return linear(rms_norm(x, norm_weight, eps), weight, bias), x
+    normed, residual = add_rms_norm(x, residual, norm_weight, eps)
+    return linear(normed, weight, bias), residual
