@@ -2,11 +2,17 @@
 # The device calls that produce the committed results (Qwen3-0.6B/8B shapes, dummy weights).
 # Usage: bash benchmarks/gpu_final.sh STEP...   with STEP among
 #   tests        every GPU test of the engine, graphs and projections
+#   kerneltests  the kernel tests alone (linear, attention, norm), compiled on the GPU
+#   gputests     only the tests marked gpu (ops, graphs, engine against HF): a quicker "tests"
+#   attn_sweep   benchmarks/decode_attention_sweep.py: split count, split length, merge mode
+#   norm_sweep   benchmarks/gemv_sweep.py for the add + RMSNorm + projection fusion only
+#   tp06         benchmarks/throughput.py, 0.6B, Ember alone
 #   sweep        benchmarks/gemv_sweep.py: skinny GEMM vs cuBLAS at the 0.6B and 8B projections
 #   pdl          benchmarks/pdl_check.py: the decode graph with and without PDL
 #   breakdown    benchmarks/step_breakdown.py (graph GPU time, host phases, kernels)
 #   throughput   benchmarks/throughput.py: 0.6B with HF in the same run, 8B Ember alone
-#   bench        ember bench: 8B and 0.6B grids, plus --compare hf --profile runs
+#   bench        ember bench: 8B and 0.6B grids, the 0.6B one with --compare hf --profile
+#   hf8          ember bench 8B --compare hf (eager): writes and loads a 16 GB checkpoint
 #   serve        benchmarks/serve_load.py against ember serve (needs the .whl folder carried)
 set -uo pipefail
 OUT=${OUT:-/tmp/ember_gpu_out}
@@ -23,6 +29,16 @@ for step in "$@"; do
   case $step in
     tests) timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/gpu tests/engine \
              2>&1 | tee "$OUT/pytest_gpu.log" | tail -6 ;;
+    gputests) timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/gpu tests/engine \
+             2>&1 | tee "$OUT/pytest_gpu.log" | tail -6 ;;
+    kerneltests) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/ops/test_linear.py \
+             tests/ops/test_attention.py tests/ops/test_norm.py 2>&1 | tee "$OUT/pytest_kernels.log" | tail -6 ;;
+    attn_sweep) timeout 300 python3 benchmarks/decode_attention_sweep.py --out "$OUT/decode_attention_sweep.json" \
+             2>&1 | tee "$OUT/decode_attention_sweep.txt" | grep -v "^      " ;;
+    norm_sweep) timeout 240 python3 benchmarks/gemv_sweep.py --models 0.6B,8B --ops add_rms_norm_linear \
+             --out "$OUT/norm_sweep.json" 2>&1 | tee "$OUT/norm_sweep.txt" | tail -50 ;;
+    tp06) timeout 150 python3 benchmarks/throughput.py -m /tmp/qwen3-0.6B --load-format dummy --out "$OUT/tp-0.6B" \
+             2>&1 | tail -25 ;;
     sweep) timeout 240 python3 benchmarks/gemv_sweep.py --models 0.6B,8B --out "$OUT/gemv_sweep.json" 2>&1 \
              | tee "$OUT/gemv_sweep.txt" | tail -45 ;;
     pdl) timeout 280 python3 benchmarks/pdl_check.py --shapes 0.6B,8B --batch-sizes 1,32 --out "$OUT/pdl_check.json" ;;
@@ -36,9 +52,9 @@ for step in "$@"; do
     bench)
       bench -m /tmp/qwen3-8B --batch-sizes 1,32 --prompt-lens 128,2048,8192 --gen-len 128 --reps 2 --out "$OUT/b8"
       bench -m /tmp/qwen3-0.6B --batch-sizes 1,32 --prompt-lens 128 --gen-len 256 --reps 3 --compare hf \
-        --hf-variants eager --profile --out "$OUT/b06"
-      bench -m /tmp/qwen3-8B --batch-sizes 1,32 --prompt-lens 128 --gen-len 64 --reps 1 --compare hf \
-        --hf-variants eager --out "$OUT/b8hf" ;;  # not yet run: writing + loading 16 GB twice is slow
+        --hf-variants eager --profile --out "$OUT/b06" ;;
+    hf8) timeout 420 python3 -m ember.cli.main bench --load-format dummy -m /tmp/qwen3-8B --batch-sizes 1,32 \
+        --prompt-lens 128 --gen-len 64 --reps 1 --compare hf --hf-variants eager --out "$OUT/b8hf" 2>&1 | tail -14 ;;
     serve)
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
       PYTHONPATH=$PYTHONPATH:/tmp/site timeout 240 python3 benchmarks/serve_load.py -m /tmp/qwen3-0.6B \
