@@ -1,8 +1,11 @@
 """Online load on `ember serve`: TTFT, time per output token and output tok/s per concurrency.
 
 Starts `ember serve` on 127.0.0.1 at a free port (or uses --url of a running one, loopback only),
-then for each --concurrency level keeps that many streaming requests in flight through the
-official AsyncOpenAI client until --num-requests have run or --max-seconds have passed.
+then for each --concurrency level keeps that many streaming requests in flight until
+--num-requests have run or --max-seconds have passed. The default client reads the SSE stream
+with httpx and json.loads: the official AsyncOpenAI client (--client openai) builds pydantic
+objects per chunk and tops out near 10k chunks/s in one process, which at 64 streams measures
+the load generator rather than the server (benchmarks/NOTES.md, session 4).
 
     python benchmarks/serve_load.py -m ./Qwen3-0.6B --load-format dummy --concurrency 1,16,64
     python benchmarks/serve_load.py --url http://127.0.0.1:8000 -m ./Qwen3-0.6B
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import shlex
 import signal
@@ -32,6 +36,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from openai import AsyncOpenAI
+
+try:  # the openai client's own HTTP library (named httpx2 from openai 3 on)
+    import httpx2 as httpx
+except ImportError:  # pragma: no cover
+    import httpx
 
 from ember.bench import report
 from ember.bench.environment import default_out_dir, environment, today
@@ -129,22 +138,52 @@ def make_request(args, rng: random.Random) -> dict:
     return {**common, "prompt": [rng.randrange(1, TOKEN_ID_BOUND) for _ in range(args.prompt_len)]}
 
 
-async def one_request(client: AsyncOpenAI, args, body: dict) -> dict:
+class RawClient:
+    """Streams a request and yields each SSE event's JSON as a dict: the few lines a load
+    generator needs, without a per-chunk object model."""
+
+    def __init__(self, base_url: str, api_key: str, timeout: float):
+        self.base_url = base_url
+        self.headers = {"Authorization": f"Bearer {api_key}"}
+        self.http = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=None))
+
+    async def stream(self, endpoint: str, body: dict):
+        body = {k: v for k, v in body.items() if k != "extra_body"} | body.get("extra_body", {})
+        path = "/chat/completions" if endpoint == "chat" else "/completions"
+        async with self.http.stream("POST", self.base_url + path, json=body, headers=self.headers) as response:
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
+            async for line in response.aiter_lines():
+                if line.startswith("data: ") and line != "data: [DONE]":
+                    yield json.loads(line[6:])
+
+    async def close(self):
+        await self.http.aclose()
+
+
+async def _openai_chunks(client: AsyncOpenAI, endpoint: str, body: dict):
+    """The official client's chunks, as the dicts RawClient yields."""
+    create = client.chat.completions.create if endpoint == "chat" else client.completions.create
+    async for chunk in await create(**body):
+        yield chunk.model_dump()
+
+
+async def one_request(client, args, body: dict) -> dict:
     """One streaming request's timings; an exception is recorded, not raised."""
     start = time.perf_counter()
     first = last = None
     output_tokens = None
     try:
-        create = client.chat.completions.create if args.endpoint == "chat" else client.completions.create
-        stream = await create(**body)
-        async for chunk in stream:
-            if chunk.usage is not None:
-                output_tokens = chunk.usage.completion_tokens
-            for c in chunk.choices:
+        chunks = (client.stream(args.endpoint, body) if isinstance(client, RawClient)
+                  else _openai_chunks(client, args.endpoint, body))
+        async for chunk in chunks:
+            if chunk.get("usage"):
+                output_tokens = chunk["usage"]["completion_tokens"]
+            for c in chunk.get("choices") or ():
                 if args.endpoint == "chat":
-                    text = c.delta.content or getattr(c.delta, "reasoning_content", None)
+                    text = c["delta"].get("content") or c["delta"].get("reasoning_content")
                 else:
-                    text = c.text
+                    text = c.get("text")
                 if text:
                     last = time.perf_counter()
                     first = first or last
@@ -156,7 +195,7 @@ async def one_request(client: AsyncOpenAI, args, body: dict) -> dict:
     return {"error": None, "ttft_s": ttft, "tpot_s": tpot, "latency_s": end - start, "output_tokens": output_tokens or 0}
 
 
-async def run_level(client: AsyncOpenAI, args, concurrency: int) -> dict:
+async def run_level(client, args, concurrency: int) -> dict:
     """``concurrency`` workers share one request counter, so that many are always in flight until
     --num-requests have started or --max-seconds have passed (bounded both ways)."""
     rng = random.Random(f"{args.seed}-{concurrency}")
@@ -189,8 +228,11 @@ async def run_level(client: AsyncOpenAI, args, concurrency: int) -> dict:
 
 
 async def run_all(args, url: str) -> list[dict]:
-    client = AsyncOpenAI(base_url=url + "/v1", api_key=args.api_key or "none", max_retries=0,
-                         timeout=args.max_seconds + 60)
+    if args.client == "raw":
+        client = RawClient(url + "/v1", args.api_key or "none", timeout=args.max_seconds + 60)
+    else:
+        client = AsyncOpenAI(base_url=url + "/v1", api_key=args.api_key or "none", max_retries=0,
+                             timeout=args.max_seconds + 60)
     try:
         # Warm-up: the first request pays for Triton compiles; it must not land in the figures.
         await one_request(client, args, {**make_request(args, random.Random(-1)), "max_tokens": 2})
@@ -225,7 +267,9 @@ def markdown(r: dict) -> str:
         f"- **Requests:** streaming /v1/{'chat/completions' if s['endpoint'] == 'chat' else 'completions'}, "
         f"prompt ~{s['prompt_len']} tokens, {s['max_tokens']} output tokens (ignore_eos, greedy), up to "
         f"{s['num_requests']} requests or {s['max_seconds']:g} s per level",
-        f"- **Client side:** torch {env['torch']}, ember {env['ember']} (the server's device: see its log)",
+        f"- **Client side:** {s.get('client', 'openai')} client "
+        f"({'httpx + json.loads' if s.get('client') == 'raw' else 'official AsyncOpenAI'}), one process; "
+        f"torch {env['torch']}, ember {env['ember']} (the server's device: see its log)",
         "",
         report.md_table(headers, rows),
         "",
@@ -243,6 +287,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--endpoint", default="completions", choices=["completions", "chat"])
+    p.add_argument("--client", default="raw", choices=["raw", "openai"],
+                   help="raw: httpx + json.loads (default); openai: the official AsyncOpenAI client")
     p.add_argument("--load-format", default="auto", choices=["auto", "dummy"])
     p.add_argument("--dtype", default="auto", choices=["auto", "bfloat16", "float16", "float32"])
     p.add_argument("--device", default=None, help="the started server's device: cuda:N or cpu")
@@ -276,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
                 log(f"server up at {url}")
                 levels = asyncio.run(run_all(args, url))
     settings = {k: getattr(args, k) for k in ("concurrency", "num_requests", "max_seconds", "prompt_len", "max_tokens",
-                                              "endpoint", "load_format", "dtype", "seed")}
+                                              "endpoint", "client", "load_format", "dtype", "seed")}
     result = {
         "schema_version": SCHEMA_VERSION, "date": today(),
         "command": shlex.join(["python", "benchmarks/serve_load.py", *argv]),

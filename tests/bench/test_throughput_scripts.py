@@ -60,11 +60,14 @@ def test_throughput_small_with_hf(tiny_checkpoint, tmp_path):
     assert "| Ember |" in md and "HF ran the first 5 of the 8 requests" in md
 
 
-def test_serve_load_small(tiny_checkpoint, tmp_path):
+@pytest.mark.parametrize("client", ["raw", "openai"])
+def test_serve_load_small(tiny_checkpoint, tmp_path, client):
     sl = load_script("serve_load")
     sl.main(["-m", str(tiny_checkpoint), "--device", "cpu", "--concurrency", "1,4", "--num-requests", "4",
-             "--max-tokens", "4", "--prompt-len", "16", "--max-seconds", "30", "--out", str(tmp_path)])
+             "--max-tokens", "4", "--prompt-len", "16", "--max-seconds", "30", "--client", client,
+             "--out", str(tmp_path)])
     r = json.loads((tmp_path / "serve_load.json").read_text())
+    assert r["settings"]["client"] == client
     assert set(r) == {"schema_version", "date", "command", "environment", "model", "server", "settings", "levels"}
     assert r["server"]["url"].startswith("http://127.0.0.1:") and r["server"]["how"].startswith("ember serve ")
     assert [lv["concurrency"] for lv in r["levels"]] == [1, 4]
