@@ -9,7 +9,7 @@ config of a candidate grid plus the shape heuristic's. Each is timed as CUDA-gra
 one call per weight copy, with enough copies (>= 4, >= 256 MB) that L2 never holds the weight
 being read; time per call = replay time / calls. Every Triton result is checked against the
 reference (relative Frobenius error). Prints a table (shares of the copy rate measured in this
-run, read + written) and a dict to paste into SKINNY_TABLE in src/ember/ops/linear.py; writes
+run, read + written) and a dict to paste into SKINNY_TABLE in src/ember/ops/skinny_table.py; writes
 all numbers as JSON to --out. About 2-3 minutes on an H200, most of it Triton compiles.
 """
 
@@ -242,7 +242,7 @@ def main():
         print(f"{'/'.join(r['models']):>9} {r['proj']:>9} {r['n']:6d} {r['k']:6d} {r['m']:3d} | "
               f"{base:9.2f} {r['cublas_pct']:3.0f}% | {best} | {speedup} | "
               f"{h['us'] if h else float('nan'):8.2f} | {'triton' if entry else 'fallback'}")
-    print("\n# Paste into src/ember/ops/linear.py (measured on "
+    print("\n# Paste into src/ember/ops/skinny_table.py (measured on "
           f"{torch.cuda.get_device_name()}, {rate / 1e12:.2f} TB/s copy rate):")
     print("SKINNY_TABLE: dict[tuple[str, int, int, int], tuple | None] = {")
     print("    # (op, N, K, M bucket): (block_n, block_k, split_k, num_warps, num_stages, dot), None = fallback")

@@ -38,6 +38,7 @@ import triton.language as tl
 
 from ember.ops.activation import silu_mul
 from ember.ops.norm import add_rms_norm, rms_norm
+from ember.ops.skinny_table import SKINNY_TABLE
 from ember.ops.dispatch import l2_prefetch, pdl_enabled, pdl_sync, use_triton
 
 SKINNY_MAX_M = 32  # rows up to which the dispatcher considers the kernel at all
@@ -57,96 +58,8 @@ class SkinnyConfig(NamedTuple):
     dot: bool  # tensor cores (x padded to 16 rows) or CUDA-core FMAs
 
 
-# (op, N, K, M rounded up to a power of two) -> SkinnyConfig fields, or None where the Triton kernel
-# lost: "linear" then uses cuBLAS, "silu_mul_linear" runs ops.silu_mul, then ops.linear, and
-# "add_rms_norm_linear" runs ops.add_rms_norm, then ops.linear.
-# Filled from the dict that benchmarks/gemv_sweep.py prints; shapes it lacks use the heuristic.
-# Measured on an H200, Qwen3-0.6B and -8B: "silu_mul_linear" in
-# benchmarks/results/2026-11-22-h200-gemv-sweep.txt, "linear" and "add_rms_norm_linear" in
-# benchmarks/results/2026-11-22-h200-norm-linear-sweep.txt (session 4).
-SKINNY_TABLE: dict[tuple[str, int, int, int], tuple | None] = {
-    # (op, N, K, M bucket): (block_n, block_k, split_k, num_warps, num_stages, dot), None = fallback
-    ("linear", 4096, 1024, 1): (32, 256, 1, 4, 4, True),
-    ("linear", 4096, 1024, 2): (32, 256, 1, 4, 4, True),
-    ("linear", 4096, 1024, 4): (32, 256, 1, 4, 4, True),
-    ("linear", 4096, 1024, 8): (64, 256, 1, 4, 3, True),
-    ("linear", 4096, 1024, 16): (64, 256, 1, 4, 3, True),
-    ("linear", 4096, 1024, 32): (64, 256, 1, 4, 3, True),
-    ("add_rms_norm_linear", 4096, 1024, 1): (4, 512, 1, 4, 3, False),
-    ("add_rms_norm_linear", 4096, 1024, 2): (32, 256, 1, 4, 4, True),
-    ("add_rms_norm_linear", 4096, 1024, 4): None,
-    ("add_rms_norm_linear", 4096, 1024, 8): None,
-    ("add_rms_norm_linear", 4096, 1024, 16): None,
-    ("linear", 1024, 2048, 1): (4, 1024, 1, 4, 3, False),
-    ("linear", 1024, 2048, 2): (4, 1024, 1, 4, 3, False),
-    ("linear", 1024, 2048, 4): (64, 128, 4, 4, 4, True),
-    ("linear", 1024, 2048, 8): (64, 128, 4, 4, 4, True),
-    ("linear", 1024, 2048, 16): (64, 128, 4, 4, 4, True),
-    ("linear", 1024, 2048, 32): (64, 128, 4, 4, 4, True),
-    ("linear", 6144, 1024, 1): (8, 512, 1, 4, 4, False),
-    ("linear", 6144, 1024, 2): (64, 128, 1, 4, 4, True),
-    ("linear", 6144, 1024, 4): (64, 128, 1, 4, 4, True),
-    ("linear", 6144, 1024, 8): (64, 128, 1, 4, 4, True),
-    ("linear", 6144, 1024, 16): (64, 128, 1, 4, 4, True),
-    ("linear", 6144, 1024, 32): (64, 128, 1, 4, 4, True),
-    ("add_rms_norm_linear", 6144, 1024, 1): (64, 256, 1, 4, 3, True),
-    ("add_rms_norm_linear", 6144, 1024, 2): None,
-    ("add_rms_norm_linear", 6144, 1024, 4): None,
-    ("add_rms_norm_linear", 6144, 1024, 8): None,
-    ("add_rms_norm_linear", 6144, 1024, 16): None,
-    ("linear", 1024, 3072, 1): (4, 1024, 1, 4, 3, False),
-    ("linear", 1024, 3072, 2): (4, 1024, 1, 4, 3, False),
-    ("linear", 1024, 3072, 4): (32, 256, 4, 4, 4, True),
-    ("linear", 1024, 3072, 8): (32, 256, 4, 4, 4, True),
-    ("linear", 1024, 3072, 16): (32, 256, 4, 4, 4, True),
-    ("linear", 1024, 3072, 32): (32, 256, 4, 4, 4, True),
-    ("silu_mul_linear", 1024, 3072, 1): None,
-    ("silu_mul_linear", 1024, 3072, 2): (4, 1024, 1, 4, 3, False),
-    ("silu_mul_linear", 1024, 3072, 4): None,
-    ("silu_mul_linear", 1024, 3072, 8): None,
-    ("silu_mul_linear", 1024, 3072, 16): None,
-    ("silu_mul_linear", 1024, 3072, 32): None,
-    ("linear", 6144, 4096, 1): (64, 256, 1, 4, 3, True),
-    ("linear", 6144, 4096, 2): (64, 256, 1, 4, 3, True),
-    ("linear", 6144, 4096, 4): (64, 256, 1, 4, 3, True),
-    ("linear", 6144, 4096, 8): None,
-    ("linear", 6144, 4096, 16): (64, 256, 1, 4, 3, True),
-    ("linear", 6144, 4096, 32): None,
-    ("add_rms_norm_linear", 6144, 4096, 1): None,
-    ("add_rms_norm_linear", 6144, 4096, 2): None,
-    ("add_rms_norm_linear", 6144, 4096, 4): None,
-    ("add_rms_norm_linear", 6144, 4096, 8): None,
-    ("add_rms_norm_linear", 6144, 4096, 16): None,
-    ("linear", 4096, 4096, 1): (64, 256, 2, 4, 3, True),
-    ("linear", 4096, 4096, 2): (64, 256, 2, 4, 3, True),
-    ("linear", 4096, 4096, 4): (64, 128, 4, 4, 4, True),
-    ("linear", 4096, 4096, 8): (64, 128, 4, 4, 4, True),
-    ("linear", 4096, 4096, 16): (64, 128, 4, 4, 4, True),
-    ("linear", 4096, 4096, 32): (64, 128, 4, 4, 4, True),
-    ("linear", 24576, 4096, 1): (64, 128, 1, 4, 4, True),
-    ("linear", 24576, 4096, 2): (64, 128, 1, 4, 4, True),
-    ("linear", 24576, 4096, 4): (64, 128, 1, 4, 4, True),
-    ("linear", 24576, 4096, 8): (64, 128, 1, 4, 4, True),
-    ("linear", 24576, 4096, 16): None,
-    ("linear", 24576, 4096, 32): None,
-    ("add_rms_norm_linear", 24576, 4096, 1): None,
-    ("add_rms_norm_linear", 24576, 4096, 2): None,
-    ("add_rms_norm_linear", 24576, 4096, 4): None,
-    ("add_rms_norm_linear", 24576, 4096, 8): None,
-    ("add_rms_norm_linear", 24576, 4096, 16): None,
-    ("linear", 4096, 12288, 1): (64, 128, 4, 4, 4, True),
-    ("linear", 4096, 12288, 2): (64, 128, 4, 4, 4, True),
-    ("linear", 4096, 12288, 4): (64, 128, 4, 4, 4, True),
-    ("linear", 4096, 12288, 8): (64, 128, 4, 4, 4, True),
-    ("linear", 4096, 12288, 16): (64, 128, 4, 4, 4, True),
-    ("linear", 4096, 12288, 32): (64, 128, 4, 4, 4, True),
-    ("silu_mul_linear", 4096, 12288, 1): None,
-    ("silu_mul_linear", 4096, 12288, 2): None,
-    ("silu_mul_linear", 4096, 12288, 4): (64, 128, 4, 4, 4, True),
-    ("silu_mul_linear", 4096, 12288, 8): (64, 128, 4, 4, 4, True),
-    ("silu_mul_linear", 4096, 12288, 16): (64, 128, 4, 4, 4, True),
-    ("silu_mul_linear", 4096, 12288, 32): None,
-}
+# The measured per-shape table lives beside this file (ops/skinny_table.py); shapes it lacks use
+# the heuristic below.
 
 
 def _heuristic_config(m: int, n: int, k: int, op: str) -> SkinnyConfig:
