@@ -26,7 +26,7 @@ import math
 import torch
 
 from ember.bench.ceilings import copy_rate as measure_copy_rate
-from ember.ops import attention
+from ember.ops import decode_attention as attention
 from ember.tools.random_checkpoint import QWEN3_SHAPES
 
 BLOCK_SIZE = 16  # the engine's default

@@ -17,7 +17,7 @@ from ember import LLM, SamplingParams
 from ember.cli.main import build_parser
 from ember.engine.llm_engine import EngineArgs
 from ember.engine.cuda_graphs import MAX_GRAPH_BATCH, DecodeGraphs, decode_graph_buckets, pick_bucket
-from ember.ops.attention import decode_num_splits, decode_workspace_numel
+from ember.ops.decode_attention import decode_num_splits, decode_workspace_numel
 
 MAX_NUM_SEQS = 8
 # Mixed prompt lengths; different max_tokens make the decode batch shrink 5, 4, 3, 2, 1,

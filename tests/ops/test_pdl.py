@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from ember.ops import dispatch
-from ember.ops.attention import decode_counters_numel, decode_num_splits, decode_workspace_numel
+from ember.ops.decode_attention import decode_counters_numel, decode_num_splits, decode_workspace_numel
 from ember.ops.dispatch import pdl_enabled
 from ember.ops.linear import SkinnyConfig
 from ember.ops.rope import build_rope_cache
@@ -27,13 +27,13 @@ from ember.ops.rope import build_rope_cache
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 EPS = 1e-6
-PDL_MODULES = ["embedding", "norm", "rope", "attention", "linear"]
+PDL_MODULES = ["embedding", "norm", "rope", "decode_attention", "linear"]
 mods = {name: importlib.import_module(f"ember.ops.{name}") for name in PDL_MODULES}
 KERNELS = {
     "embedding": ["_embedding_kernel"],
     "norm": ["_rms_norm_kernel", "_add_rms_norm_kernel"],
     "rope": ["_qk_norm_rope_store_kv_kernel"],
-    "attention": ["_decode_split_kernel"],
+    "decode_attention": ["_decode_split_kernel"],
     "linear": ["_skinny_kernel"],
 }
 
@@ -117,7 +117,7 @@ def layer_step(layer, state, configs: dict | None = None):
     q = mods["rope"].qk_norm_rope_store_kv_triton(
         q.view(batch, hq, d), k.view(batch, hkv, d), v.view(batch, hkv, d), layer.q_norm, layer.k_norm,
         layer.cos_sin, state.positions, state.k_cache, state.v_cache, state.slots, EPS)
-    attn = mods["attention"].paged_decode_attention_triton(
+    attn = mods["decode_attention"].paged_decode_attention_triton(
         q, state.k_cache, state.v_cache, state.block_tables, state.ctx_lens, d**-0.5,
         workspace=state.workspace, num_splits=state.num_splits, counters=state.counters)
     o = mods["linear"].linear_triton(attn.view(batch, hq * d), layer.o, config=configs.get("o"))

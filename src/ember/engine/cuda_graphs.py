@@ -15,7 +15,7 @@ import torch
 from ember.config import ModelConfig
 from ember.engine.step_inputs import StepInputs
 from ember.layers.attention import AttentionMetadata
-from ember.ops.attention import decode_num_splits, decode_workspace_numel
+from ember.ops.decode_attention import decode_num_splits, decode_workspace_numel
 
 # Decode batch sizes that get a CUDA graph: the small ones close together, then steps of 16.
 _SMALL_BUCKETS = (1, 2, 4, 8, 16, 24, 32)

@@ -23,7 +23,7 @@ class AttentionMetadata:
     Prefill also carries ``cu_seqlens_q`` (prefix sums of new tokens per sequence) and
     ``max_seqlen_q``; decode has exactly one new token per sequence. Decode may bring a
     preallocated ``decode_workspace``, zeroed int32 ``decode_counters`` and their
-    ``decode_num_splits`` (see ``ops.attention.decode_workspace_numel`` and
+    ``decode_num_splits`` (see ``ops.decode_attention.decode_workspace_numel`` and
     ``decode_counters_numel``) so that a captured step allocates nothing.
     """
 

@@ -18,7 +18,8 @@ from ember.ops.embedding import embedding
 from ember.ops.linear import add_rms_norm_linear, linear, silu_mul_linear
 from ember.ops.norm import add_rms_norm, rms_norm
 from ember.ops.rope import qk_norm_rope_store_kv
-from ember.ops.attention import paged_decode_attention, paged_prefill_attention
+from ember.ops.attention import paged_prefill_attention
+from ember.ops.decode_attention import paged_decode_attention
 from ember.ops.sampling import apply_penalties, sample_tokens
 
 __all__ = [

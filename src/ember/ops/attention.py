@@ -1,9 +1,6 @@
-"""Causal attention over the paged KV cache: prefill (flash attention) and decode (flash decoding).
-
-Both read K/V through ``block_tables``: key position p of sequence b lives in cache block
-``block_tables[b, p // block_size]`` at offset ``p % block_size``. Block-table entries past a
-sequence's ``context_len`` are never dereferenced (every gather is masked by position first).
-Softmax runs in fp32 (exp2 with the scale folded into log2(e)); the output has q's dtype.
+"""Causal prefill attention (flash attention) over the paged KV cache, for prompt chunks of any
+length with their cached prefix; decode attention is in ``ops/decode_attention.py`` and the paged
+layout in ``ops/paged_kv.py``. Softmax runs in fp32; the output has q's dtype.
 """
 
 import math
@@ -13,102 +10,14 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ember.ops.dispatch import pdl_enabled, pdl_sync, use_triton
+from ember.ops.dispatch import use_triton
+from ember.ops.paged_kv import _attend_reference, _attend_tile, _check_inputs, _gather_kv
 
 # ---------------------------------------------------------------- tunables (H100 / H200)
 PREFILL_BLOCK_M = 64  # query rows per program
 PREFILL_BLOCK_N = 64  # key tokens per tile
 PREFILL_NUM_WARPS = 4
 PREFILL_NUM_STAGES = 2
-DECODE_BLOCK_N = 64  # key tokens per tile
-DECODE_MIN_ROWS = 16  # tl.dot needs >= 16 rows: the GQA group is padded up to this
-DECODE_NUM_WARPS = 4
-DECODE_NUM_STAGES = 3
-DECODE_TARGET_PROGRAMS = 512  # about 4 waves on 132 SMs: best measured on an H200 for B = 1..128
-DECODE_MAX_SPLITS = 64
-DECODE_MIN_TOKENS_PER_SPLIT = 64  # one key tile: the finest split the block-table capacity allows
-# The finest split actually used, on device from the context length: a split that attends only
-# a tile or two is all latency, and every extra split is one more partial to merge.
-DECODE_SPLIT_MIN_TOKENS = 64
-# Where the partials are merged: "kernel" = by the last-arriving split program (one launch),
-# "launch" = a second kernel with one program per (sequence, query head). Measured on an H200
-# (results/2026-11-22-h200-decode-attention-sweep.txt): with many splits (batch 1-8) the last
-# program's merge sits on the critical path and "launch" is up to 2.2x faster (8B, batch 1,
-# 8192 tokens: 34.6 -> 15.5 us); with 2 splits (batch 32) the single launch is faster.
-DECODE_LAUNCH_MERGE_MIN_SPLITS = 8
-
-
-def decode_merge_mode(num_splits: int) -> str:
-    """"kernel" or "launch" (see DECODE_LAUNCH_MERGE_MIN_SPLITS), from the split count alone."""
-    return "launch" if num_splits >= DECODE_LAUNCH_MERGE_MIN_SPLITS else "kernel"
-# Partial-acc elements the merging program loads per step: 32 fp32 registers a thread at 4 warps.
-# 8192 pushed an sm_90 compile past 128 registers (fewer programs per SM) for GQA groups >= 4.
-DECODE_MERGE_ELEMS = 4096
-
-
-def decode_num_splits(batch_size: int, num_kv_heads: int, max_blocks_per_seq: int, block_size: int) -> int:
-    """Splits per (sequence, kv head) for decode, from shapes only (CUDA-graph safe).
-
-    Enough programs to fill the GPU, but no split shorter than DECODE_MIN_TOKENS_PER_SPLIT
-    of the block table's capacity; short sequences simply leave their tail splits empty.
-    """
-    wanted = triton.cdiv(DECODE_TARGET_PROGRAMS, batch_size * num_kv_heads)
-    by_capacity = max_blocks_per_seq * block_size // DECODE_MIN_TOKENS_PER_SPLIT
-    return max(1, min(wanted, by_capacity, DECODE_MAX_SPLITS))
-
-
-def decode_workspace_numel(batch_size: int, num_q_heads: int, head_dim: int, num_splits: int) -> int:
-    """fp32 elements of the decode workspace: per split, an accumulator row plus (max, sum)."""
-    return batch_size * num_q_heads * num_splits * (head_dim + 2)
-
-
-def decode_counters_numel(batch_size: int, num_kv_heads: int) -> int:
-    """int32 elements of the decode arrival counters (one per sequence and kv head). Allocate them
-    zeroed, once: every launch with num_splits > 1 leaves them all zero again."""
-    return batch_size * num_kv_heads
-
-
-# ---------------------------------------------------------------- shared kernel pieces
-@triton.jit
-def _attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head_offset,
-                 tile_start, kv_end, qk_scale, stride_kv_block, stride_kv_offset,
-                 BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 MASK: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """One online-softmax step over key positions [tile_start, tile_start + BLOCK_N).
-
-    MASK: 0 = every key visible (no masking at all), 1 = causal (key_pos <= q_pos), 2 = key_pos < kv_end.
-    """
-    key_pos = tile_start + tl.arange(0, BLOCK_N)
-    in_range = key_pos < kv_end
-    # Gather each token's slot through the block table; masked so garbage entries are never used.
-    if MASK == 0:
-        block_id = tl.load(block_table_ptr + key_pos // BLOCK_SIZE)
-    else:
-        block_id = tl.load(block_table_ptr + key_pos // BLOCK_SIZE, mask=in_range, other=0)
-    token_offset = block_id.to(tl.int64) * stride_kv_block + (key_pos % BLOCK_SIZE) * stride_kv_offset
-    kv_offsets = (token_offset + kv_head_offset)[:, None] + tl.arange(0, HEAD_DIM)[None, :]
-    if MASK == 0:
-        k = tl.load(k_cache_ptr + kv_offsets)
-        v = tl.load(v_cache_ptr + kv_offsets)
-    else:
-        k = tl.load(k_cache_ptr + kv_offsets, mask=in_range[:, None], other=0.0)
-        v = tl.load(v_cache_ptr + kv_offsets, mask=in_range[:, None], other=0.0)
-    if UPCAST_DOT:  # the interpreter's bf16 dot is broken; GPUs keep 16-bit operands
-        k = k.to(tl.float32)
-        v = v.to(tl.float32)
-    # "ieee" only matters for fp32 operands: keeps fp32 exact instead of tf32.
-    s = tl.dot(q, tl.trans(k), input_precision="ieee")
-    if MASK == 1:
-        s = tl.where(key_pos[None, :] <= q_pos[:, None], s, float("-inf"))
-    elif MASK == 2:
-        s = tl.where(in_range[None, :], s, float("-inf"))
-    # Scores stay unscaled; the scale rides in the exp2 argument as one FMA.
-    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
-    alpha = tl.exp2(m_i - m_new)
-    p = tl.exp2(s * qk_scale - m_new[:, None])
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-    return acc, m_new, l_i
 
 
 # ---------------------------------------------------------------- prefill
@@ -165,19 +74,6 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, 
              out.to(out_ptr.dtype.element_ty), mask=row_valid[:, None])
 
 
-def _check_inputs(q, k_cache, v_cache, block_tables):
-    assert q.dtype == k_cache.dtype == v_cache.dtype, "q and the KV cache must share a dtype"
-    assert k_cache.stride() == v_cache.stride(), "k_cache and v_cache must share a layout"
-    assert q.stride(-1) == 1 and k_cache.stride(-1) == 1, "head_dim must be contiguous"
-    assert block_tables.stride(-1) == 1
-    head_dim = q.shape[-1]
-    assert head_dim == k_cache.shape[-1] and head_dim & (head_dim - 1) == 0, "head_dim: a power of two"
-    block_size = k_cache.shape[1]
-    assert block_size & (block_size - 1) == 0, "block_size: a power of two"
-    assert q.shape[1] % k_cache.shape[2] == 0, "num_q_heads must be a multiple of num_kv_heads"
-    # The interpreter (CPU tensors) mis-computes bf16 dots; GPUs must keep them 16-bit.
-    return q.shape[1] // k_cache.shape[2], block_size, head_dim, not q.is_cuda
-
 
 def paged_prefill_attention_triton(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, cu_seqlens_q: Tensor, context_lens: Tensor,
@@ -199,243 +95,8 @@ def paged_prefill_attention_triton(
     return out
 
 
-# ---------------------------------------------------------------- decode (split-K)
-# Grid (B, Hkv, num_splits). Each program attends its split of the keys for all query heads
-# of one KV head. With num_splits > 1 it stores an unnormalised partial (acc, max, sum); then
-# either a second launch merges them (one program per query head), or each program counts
-# itself in the group's counter and the one that arrives last merges the group's partials into
-# the output and zeroes the counter for the next launch/replay (decode_merge_mode picks).
-#
-# Memory ordering on the GPU: a scalar tl.atomic_add is issued by one thread of the program,
-# and triton 3.6 orders nothing else around it, so
-#   partial stores (all threads) -> bar.sync -> atom.acq_rel.gpu (one thread)
-# makes every thread's stores part of that thread's release; the last program's
-#   atom.acq_rel.gpu (one thread) -> bar.sync -> partial loads (all threads)
-# orders all its loads after its acquire, which read-from/follows every other program's
-# release on the same counter (an RMW chain: each atomic reads the previous one's value).
-# The merge loads use .cg (L2, never a stale L1 line) as a belt-and-braces measure. The
-# reset needs no ordering inside the launch (all num_splits increments have happened); the
-# kernel boundary publishes it to the next launch on the stream.
-@triton.jit
-def _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start, end, qk_scale,
-                  stride_q_seq, stride_q_head, stride_kv_block, stride_kv_offset, stride_kv_head,
-                  GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  BLOCK_N: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """Unnormalised (acc, max, sum) of the GQA group's query heads over keys [start, end)."""
-    # All query heads of the group share the K/V tiles; rows past the group are padding.
-    offs_h = tl.arange(0, BLOCK_H)
-    heads = kv_head * GROUP + offs_h
-    offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(q_ptr + seq.to(tl.int64) * stride_q_seq + heads[:, None] * stride_q_head + offs_d[None, :],
-                mask=(offs_h < GROUP)[:, None], other=0.0)
-    if UPCAST_DOT:
-        q = q.to(tl.float32)
-    m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
-    for tile_start in range(start, end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, offs_h, k_cache_ptr, v_cache_ptr, block_table_ptr,
-                                     kv_head * stride_kv_head, tile_start, end, qk_scale, stride_kv_block,
-                                     stride_kv_offset, BLOCK_SIZE, BLOCK_N, HEAD_DIM, 2, UPCAST_DOT)
-    return acc, m_i, l_i
 
-
-@triton.jit
-def _merge_splits(out_ptr, partial_acc_ptr, partial_stats_ptr, first_row, num_valid,
-                  GROUP: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
-                  CHUNK_S: tl.constexpr):
-    """Output rows first_row .. first_row + GROUP - 1 (the group's query heads) from their first
-    num_valid partials, CHUNK_S splits of all heads per step, online-rescaled like the keys."""
-    offs_g = tl.arange(0, BLOCK_G)
-    offs_s = tl.arange(0, CHUNK_S)
-    offs_d = tl.arange(0, HEAD_DIM)
-    rows = first_row + offs_g
-    m_i = tl.full([BLOCK_G], -1.0e30, dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_G, HEAD_DIM], dtype=tl.float32)
-    for chunk_start in range(0, num_valid, CHUNK_S):
-        splits = chunk_start + offs_s
-        # Later splits were empty and stored nothing (stale or NaN there): never read them.
-        valid = (splits < num_valid)[:, None] & (offs_g < GROUP)[None, :]  # [CHUNK_S, BLOCK_G]
-        partial = rows[None, :] * NUM_SPLITS + splits[:, None]
-        m = tl.load(partial_stats_ptr + partial * 2, mask=valid, other=-1.0e30, cache_modifier=".cg")
-        l = tl.load(partial_stats_ptr + partial * 2 + 1, mask=valid, other=0.0, cache_modifier=".cg")
-        part_acc = tl.load(partial_acc_ptr + partial[:, :, None] * HEAD_DIM + offs_d[None, None, :],
-                           mask=valid[:, :, None], other=0.0, cache_modifier=".cg")
-        m_new = tl.maximum(m_i, tl.max(m, 0))
-        alpha = tl.exp2(m_i - m_new)
-        weight = tl.where(valid, tl.exp2(m - m_new[None, :]), 0.0)
-        l_i = l_i * alpha + tl.sum(weight * l, 0)
-        acc = acc * alpha[:, None] + tl.sum(weight[:, :, None] * part_acc, 0)
-        m_i = m_new
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # context_len 0: no valid split, zeros
-    tl.store(out_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=(offs_g < GROUP)[:, None])
-
-
-@triton.jit
-def _tokens_per_split(ctx_len, min_tokens_per_split, NUM_SPLITS: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Whole key tiles per split, computed on device, so the grid never depends on lengths."""
-    return tl.maximum(tl.cdiv(tl.cdiv(ctx_len, NUM_SPLITS), BLOCK_N) * BLOCK_N, min_tokens_per_split)
-
-
-@triton.jit(do_not_specialize=["stride_bt_seq"])  # see _prefill_kernel
-def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_ptr, partial_stats_ptr,
-                         counters_ptr, block_tables_ptr, context_lens_ptr, qk_scale, min_tokens_per_split,
-                         stride_q_seq, stride_q_head, stride_kv_block, stride_kv_offset, stride_kv_head,
-                         stride_bt_seq,
-                         NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
-                         BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                         NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, MERGE_CHUNK: tl.constexpr,
-                         MERGE_IN_KERNEL: tl.constexpr, UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr):
-    # Every program, empty split or not, waits before its first access: context lengths, block
-    # tables, q, the KV cache (the previous kernel stored this step's K/V), the partials and the
-    # counters (the previous launch's last program resets them) all follow earlier work.
-    if USE_PDL:
-        pdl_sync()
-    seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    split = tl.program_id(2)
-    ctx_len = tl.load(context_lens_ptr + seq)
-    tokens_per_split = _tokens_per_split(ctx_len, min_tokens_per_split, NUM_SPLITS, BLOCK_N)
-    start = split * tokens_per_split
-    end = tl.minimum(start + tokens_per_split, ctx_len)
-    block_table_ptr = block_tables_ptr + seq.to(tl.int64) * stride_bt_seq
-    offs_h = tl.arange(0, BLOCK_H)
-    offs_d = tl.arange(0, HEAD_DIM)
-    head_valid = offs_h < GROUP
-    first_row = seq.to(tl.int64) * NUM_Q_HEADS + kv_head * GROUP
-    rows = first_row + offs_h
-
-    if NUM_SPLITS == 1:  # nothing to merge: write the output directly (zeros for context_len 0)
-        acc, m_i, l_i = _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start, end,
-                                      qk_scale, stride_q_seq, stride_q_head, stride_kv_block, stride_kv_offset,
-                                      stride_kv_head, GROUP, BLOCK_H, BLOCK_SIZE, HEAD_DIM, BLOCK_N, UPCAST_DOT)
-        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        tl.store(out_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=head_valid[:, None])
-    else:
-        if start < end:  # a short sequence's tail splits (all splits of a padding row) store nothing
-            acc, m_i, l_i = _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start,
-                                          end, qk_scale, stride_q_seq, stride_q_head, stride_kv_block,
-                                          stride_kv_offset, stride_kv_head, GROUP, BLOCK_H, BLOCK_SIZE, HEAD_DIM,
-                                          BLOCK_N, UPCAST_DOT)
-            partial = rows * NUM_SPLITS + split
-            tl.store(partial_acc_ptr + partial[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=head_valid[:, None])
-            tl.store(partial_stats_ptr + partial * 2, m_i, mask=head_valid)
-            tl.store(partial_stats_ptr + partial * 2 + 1, l_i, mask=head_valid)
-    if NUM_SPLITS > 1 and MERGE_IN_KERNEL:
-        # Every split counts itself, empty or not, so the count always reaches NUM_SPLITS.
-        tl.debug_barrier()  # all threads' partial stores before the (one-thread) release below
-        counter_ptr = counters_ptr + seq * (NUM_Q_HEADS // GROUP) + kv_head
-        arrived = tl.atomic_add(counter_ptr, 1, sem="acq_rel", scope="gpu")
-        if arrived == NUM_SPLITS - 1:  # the last of the group: every other partial is visible
-            tl.debug_barrier()  # all threads' loads after the (one-thread) acquire above
-            num_valid = tl.cdiv(ctx_len, tl.maximum(tokens_per_split, 1))  # splits that stored a partial
-            _merge_splits(out_ptr, partial_acc_ptr, partial_stats_ptr, first_row, num_valid,
-                          GROUP, BLOCK_G, HEAD_DIM, NUM_SPLITS, MERGE_CHUNK)
-            tl.store(counter_ptr, 0)  # ready for the next launch (or graph replay)
-
-
-@triton.jit
-def _decode_merge_kernel(out_ptr, partial_acc_ptr, partial_stats_ptr, context_lens_ptr, min_tokens_per_split,
-                         NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                         NUM_SPLITS: tl.constexpr, MERGE_CHUNK: tl.constexpr, USE_PDL: tl.constexpr):
-    """Merge mode "launch": one program per (sequence, query head) merges its partials."""
-    if USE_PDL:  # the partials come from the split kernel: wait for it
-        pdl_sync()
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    ctx_len = tl.load(context_lens_ptr + seq)
-    tokens_per_split = _tokens_per_split(ctx_len, min_tokens_per_split, NUM_SPLITS, BLOCK_N)
-    num_valid = tl.cdiv(ctx_len, tl.maximum(tokens_per_split, 1))
-    _merge_splits(out_ptr, partial_acc_ptr, partial_stats_ptr, seq.to(tl.int64) * NUM_Q_HEADS + head, num_valid,
-                  1, 1, HEAD_DIM, NUM_SPLITS, MERGE_CHUNK)
-
-
-def paged_decode_attention_triton(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
-    *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
-    min_tokens_per_split: int | None = None, merge: str | None = None,
-) -> Tensor:
-    """Split-K decode. With num_splits > 1 it needs ``workspace`` (fp32, see
-    decode_workspace_numel; contents irrelevant) and ``counters`` (int32, see decode_counters_numel;
-    all zero on entry, and left all zero); either one left out is allocated per call.
-    ``min_tokens_per_split`` and ``merge`` override DECODE_SPLIT_MIN_TOKENS and
-    decode_merge_mode (for the tuning sweep)."""
-    group, block_size, head_dim, upcast_dot = _check_inputs(q, k_cache, v_cache, block_tables)
-    batch_size, num_q_heads, _ = q.shape
-    num_kv_heads = k_cache.shape[2]
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    if batch_size == 0:
-        return out
-    if num_splits is None:
-        num_splits = decode_num_splits(batch_size, num_kv_heads, block_tables.shape[1], block_size)
-    if num_splits == 1:  # never dereferenced: no scratch at all
-        partial_acc = partial_stats = out
-        counters = context_lens
-    else:
-        numel = decode_workspace_numel(batch_size, num_q_heads, head_dim, num_splits)
-        if workspace is None:
-            workspace = torch.empty(numel, dtype=torch.float32, device=q.device)
-        assert workspace.dtype == torch.float32 and workspace.device == q.device and workspace.is_contiguous()
-        assert workspace.numel() >= numel, "workspace too small: see decode_workspace_numel"
-        partial_acc = workspace.view(-1)[: numel // (head_dim + 2) * head_dim]
-        partial_stats = workspace.view(-1)[partial_acc.numel(): numel]
-        if counters is None:
-            counters = torch.zeros(decode_counters_numel(batch_size, num_kv_heads), dtype=torch.int32,
-                                   device=q.device)
-        assert counters.dtype == torch.int32 and counters.device == q.device and counters.is_contiguous()
-        assert counters.numel() >= decode_counters_numel(batch_size, num_kv_heads), \
-            "counters too small: see decode_counters_numel"
-
-    min_tokens = DECODE_SPLIT_MIN_TOKENS if min_tokens_per_split is None else min_tokens_per_split
-    assert min_tokens > 0 and min_tokens % DECODE_BLOCK_N == 0, "min_tokens_per_split: whole key tiles"
-    merge = decode_merge_mode(num_splits) if merge is None else merge
-    assert merge in ("kernel", "launch"), merge
-    merge_in_kernel = merge == "kernel"
-    block_g = triton.next_power_of_2(group) if merge_in_kernel else 1
-    per_step = max(1, DECODE_MERGE_ELEMS // (block_g * head_dim))  # splits merged per step: a power of two
-    merge_chunk = min(triton.next_power_of_2(num_splits), 1 << (per_step.bit_length() - 1))
-    use_pdl = pdl_enabled(q.device)
-    qk_scale = scale * math.log2(math.e)
-    _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
-        q, k_cache, v_cache, out, partial_acc, partial_stats, counters, block_tables, context_lens,
-        qk_scale, min_tokens, q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-        NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_H=max(DECODE_MIN_ROWS, triton.next_power_of_2(group)),
-        BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits,
-        BLOCK_G=block_g, MERGE_CHUNK=merge_chunk, MERGE_IN_KERNEL=merge_in_kernel, UPCAST_DOT=upcast_dot,
-        USE_PDL=use_pdl, num_warps=DECODE_NUM_WARPS, num_stages=DECODE_NUM_STAGES, launch_pdl=use_pdl)
-    if num_splits > 1 and not merge_in_kernel:
-        _decode_merge_kernel[(batch_size, num_q_heads)](
-            out, partial_acc, partial_stats, context_lens, min_tokens,
-            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits,
-            MERGE_CHUNK=merge_chunk, USE_PDL=use_pdl, num_warps=DECODE_NUM_WARPS, launch_pdl=use_pdl)
-    return out
-
-
-# ---------------------------------------------------------------- references and dispatch
-def _attend_reference(q, keys, values, q_pos, scale):
-    """q [n, Hq, D] at absolute positions q_pos [n]; keys/values [ctx, Hkv, D] at positions 0..ctx-1."""
-    group = q.shape[1] // keys.shape[1]
-    keys = keys.float().repeat_interleave(group, dim=1)
-    values = values.float().repeat_interleave(group, dim=1)
-    scores = torch.einsum("qhd,khd->hqk", q.float(), keys) * scale
-    visible = torch.arange(keys.shape[0], device=q.device)[None, :] <= q_pos[:, None]
-    scores = scores.masked_fill(~visible, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # a row with no visible key -> zeros
-    return torch.einsum("hqk,khd->qhd", probs, values).to(q.dtype)
-
-
-def _gather_kv(k_cache, v_cache, block_table, ctx_len):
-    """The sequence's K/V [ctx_len, Hkv, D], reading only the first cdiv(ctx_len, block_size) blocks."""
-    block_size = k_cache.shape[1]
-    pos = torch.arange(ctx_len, device=k_cache.device)
-    blocks = block_table[pos // block_size].long()
-    return k_cache[blocks, pos % block_size], v_cache[blocks, pos % block_size]
-
-
+# ---------------------------------------------------------------- reference and dispatch
 def paged_prefill_attention_reference(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, cu_seqlens_q: Tensor, context_lens: Tensor,
     block_tables: Tensor, scale: float, max_seqlen_q: int,
@@ -452,17 +113,6 @@ def paged_prefill_attention_reference(
     return out
 
 
-def paged_decode_attention_reference(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
-    *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
-) -> Tensor:
-    out = torch.empty_like(q)
-    for seq, ctx_len in enumerate(context_lens.tolist()):
-        keys, values = _gather_kv(k_cache, v_cache, block_tables[seq], ctx_len)
-        q_pos = torch.tensor([ctx_len - 1], device=q.device)
-        out[seq: seq + 1] = _attend_reference(q[seq: seq + 1], keys, values, q_pos, scale)
-    return out
-
 
 def paged_prefill_attention(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, cu_seqlens_q: Tensor, context_lens: Tensor,
@@ -471,11 +121,3 @@ def paged_prefill_attention(
     impl = paged_prefill_attention_triton if use_triton(q) else paged_prefill_attention_reference
     return impl(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, scale, max_seqlen_q)
 
-
-def paged_decode_attention(
-    q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
-    *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
-) -> Tensor:
-    impl = paged_decode_attention_triton if use_triton(q) else paged_decode_attention_reference
-    return impl(q, k_cache, v_cache, block_tables, context_lens, scale, workspace=workspace, num_splits=num_splits,
-                counters=counters)

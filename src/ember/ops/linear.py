@@ -212,7 +212,7 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, res_ptr
         tile = tl.arange(0, BLOCK_N)[:, None] * BLOCK_M + offs_m[None, :]
         block_ws = ws_ptr + pid_n.to(tl.int64) * (SPLIT_K * BLOCK_N * BLOCK_M)
         tl.store(block_ws + pid_k * (BLOCK_N * BLOCK_M) + tile, acc, cache_modifier=".cg")  # to L2
-        # Ordering (as in ops/attention.py's split decode): stores of all threads -> bar.sync ->
+        # Ordering (as in ops/decode_attention.py's split kernel): stores of all threads -> bar.sync ->
         # one thread's atom.acq_rel.gpu releases them; the last arrival's acquire -> bar.sync ->
         # its loads, which go to L2 (.cg), so no stale L1 line can be read.
         tl.debug_barrier()
