@@ -5,11 +5,11 @@ runs it: one CUDA graph of back-to-back calls, each on its own layer's KV cache 
 that the caches exceed L2, as weights would evict them in a real step), with PDL as the engine
 launches it. Per call it reports µs and the share of the copy-rate floor (KV bytes read ÷ a
 device copy rate measured in the same run). Every variant's output is checked against the
-reference first, and the variants for a case must agree with each other.
+reference (bf16 tolerance) before it is timed.
 
-"current" is the engine's choice: the auto split count, DECODE_SPLIT_MIN_TOKENS = 64 and
+"current" is the engine's choice: the auto split count, DECODE_MIN_TOKENS_PER_SPLIT and
 decode_merge_mode. Variants: merge "kernel" (last-arriving split program) or "launch" (a second kernel), the
-minimum tokens per split (DECODE_SPLIT_MIN_TOKENS), and the split count (the engine's
+minimum tokens per split (DECODE_MIN_TOKENS_PER_SPLIT), and the split count (the engine's
 decode_num_splits heuristic, or fixed).
 
     python benchmarks/decode_attention_sweep.py [--shapes 0.6B,8B] [--batch-sizes 1,8,32]
@@ -118,8 +118,8 @@ def main():
                                 "floor_us": floor_us, "layers": layers})
             rows += results
             best = min(results, key=lambda r: r["us"])
-            cur = next(r for r in results if r["num_splits"] == auto and r["min_tokens"] == 64
-                       and r["merge"] == attention.decode_merge_mode(auto))
+            cur = next(r for r in results if r["num_splits"] == auto and r["merge"] == attention.decode_merge_mode(auto)
+                       and r["min_tokens"] == attention.DECODE_MIN_TOKENS_PER_SPLIT)
             print(f"{shape:>5} B={batch:<3} ctx={context:<5} floor {floor_us:6.2f} µs | current {cur['us']:6.2f} | "
                   f"best {best['us']:6.2f} (splits {best['num_splits']}, min {best['min_tokens']}, {best['merge']})")
             for merge in ("kernel", "launch"):

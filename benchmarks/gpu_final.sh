@@ -29,7 +29,7 @@ for step in "$@"; do
   case $step in
     tests) timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/gpu tests/engine \
              2>&1 | tee "$OUT/pytest_gpu.log" | tail -6 ;;
-    gputests) timeout 300 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/gpu tests/engine \
+    gputests) timeout 480 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/gpu tests/engine \
              2>&1 | tee "$OUT/pytest_gpu.log" | tail -6 ;;
     kerneltests) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/ops/test_linear.py \
              tests/ops/test_attention.py tests/ops/test_norm.py 2>&1 | tee "$OUT/pytest_kernels.log" | tail -6 ;;

@@ -2,7 +2,7 @@
 
     h = embed(tokens)
     for each layer:
-        r = h + r;  q, k, v = rmsnorm(r) Wqkv    # add + norm run inside the projection at decode
+        r = h + r;  q, k, v = rmsnorm(r) Wqkv    # add + norm inside the GEMM where that pays
         q, k = rope(rmsnorm_head(q)), rope(rmsnorm_head(k));  cache <- k, v
         h = attention(q, cache) Wo
         r = h + r;  g, u = rmsnorm(r) Wgate_up

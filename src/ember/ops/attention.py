@@ -11,7 +11,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ember.ops.dispatch import use_triton
-from ember.ops.paged_kv import _attend_reference, _attend_tile, _check_inputs, _gather_kv
+from ember.ops.paged_kv import attend_reference, attend_tile, check_inputs, gather_kv
 
 # ---------------------------------------------------------------- tunables (H100 / H200)
 PREFILL_BLOCK_M = 64  # query rows per program
@@ -62,11 +62,11 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, 
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     for tile_start in range(0, unmasked_end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr,
+        acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr,
                                      kv_head_offset, tile_start, kv_end, qk_scale, stride_kv_block,
                                      stride_kv_offset, BLOCK_SIZE, BLOCK_N, HEAD_DIM, 0, UPCAST_DOT)
     for tile_start in range(unmasked_end, kv_end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr,
+        acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr,
                                      kv_head_offset, tile_start, kv_end, qk_scale, stride_kv_block,
                                      stride_kv_offset, BLOCK_SIZE, BLOCK_N, HEAD_DIM, 1, UPCAST_DOT)
     out = acc / l_i[:, None]
@@ -79,7 +79,7 @@ def paged_prefill_attention_triton(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, cu_seqlens_q: Tensor, context_lens: Tensor,
     block_tables: Tensor, scale: float, max_seqlen_q: int,
 ) -> Tensor:
-    group, block_size, head_dim, upcast_dot = _check_inputs(q, k_cache, v_cache, block_tables)
+    group, block_size, head_dim, upcast_dot = check_inputs(q, k_cache, v_cache, block_tables)
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     num_seqs = cu_seqlens_q.shape[0] - 1
     if num_seqs == 0 or max_seqlen_q == 0 or q.shape[0] == 0:
@@ -107,9 +107,9 @@ def paged_prefill_attention_reference(
         q_start, q_end = cu[seq], cu[seq + 1]
         if q_end == q_start:
             continue
-        keys, values = _gather_kv(k_cache, v_cache, block_tables[seq], ctx_len)
+        keys, values = gather_kv(k_cache, v_cache, block_tables[seq], ctx_len)
         q_pos = torch.arange(ctx_len - (q_end - q_start), ctx_len, device=q.device)
-        out[q_start:q_end] = _attend_reference(q[q_start:q_end], keys, values, q_pos, scale)
+        out[q_start:q_end] = attend_reference(q[q_start:q_end], keys, values, q_pos, scale)
     return out
 
 

@@ -13,7 +13,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ember.ops.dispatch import pdl_enabled, pdl_sync, use_triton
-from ember.ops.paged_kv import _attend_reference, _attend_tile, _check_inputs, _gather_kv
+from ember.ops.paged_kv import attend_reference, attend_tile, check_inputs, gather_kv
 
 # ---------------------------------------------------------------- tunables (H100 / H200)
 DECODE_BLOCK_N = 64  # key tokens per tile
@@ -22,10 +22,10 @@ DECODE_NUM_WARPS = 4
 DECODE_NUM_STAGES = 3
 DECODE_TARGET_PROGRAMS = 512  # about 4 waves on 132 SMs: best measured on an H200 for B = 1..128
 DECODE_MAX_SPLITS = 64
-DECODE_MIN_TOKENS_PER_SPLIT = 64  # one key tile: the finest split the block-table capacity allows
-# The finest split actually used, on device from the context length: a split that attends only
-# a tile or two is all latency, and every extra split is one more partial to merge.
-DECODE_SPLIT_MIN_TOKENS = 64
+# The finest split: one key tile. It bounds the split count from the block-table capacity, and
+# on device each split gets at least this many keys. Coarser floors (128-512) measured slower at
+# every batch and length: fewer programs, each a longer chain of dependent tiles.
+DECODE_MIN_TOKENS_PER_SPLIT = 64
 # Where the partials are merged: "kernel" = by the last-arriving split program (one launch),
 # "launch" = a second kernel with one program per (sequence, query head). Measured on an H200
 # (results/2026-11-22-h200-decode-attention-sweep.txt): with many splits (batch 1-8) the last
@@ -99,7 +99,7 @@ def _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
     for tile_start in range(start, end, BLOCK_N):
-        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, offs_h, k_cache_ptr, v_cache_ptr, block_table_ptr,
+        acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, offs_h, k_cache_ptr, v_cache_ptr, block_table_ptr,
                                      kv_head * stride_kv_head, tile_start, end, qk_scale, stride_kv_block,
                                      stride_kv_offset, BLOCK_SIZE, BLOCK_N, HEAD_DIM, 2, UPCAST_DOT)
     return acc, m_i, l_i
@@ -226,9 +226,9 @@ def paged_decode_attention_triton(
     """Split-K decode. With num_splits > 1 it needs ``workspace`` (fp32, see
     decode_workspace_numel; contents irrelevant) and ``counters`` (int32, see decode_counters_numel;
     all zero on entry, and left all zero); either one left out is allocated per call.
-    ``min_tokens_per_split`` and ``merge`` override DECODE_SPLIT_MIN_TOKENS and
+    ``min_tokens_per_split`` and ``merge`` override DECODE_MIN_TOKENS_PER_SPLIT and
     decode_merge_mode (for the tuning sweep)."""
-    group, block_size, head_dim, upcast_dot = _check_inputs(q, k_cache, v_cache, block_tables)
+    group, block_size, head_dim, upcast_dot = check_inputs(q, k_cache, v_cache, block_tables)
     batch_size, num_q_heads, _ = q.shape
     num_kv_heads = k_cache.shape[2]
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
@@ -254,7 +254,7 @@ def paged_decode_attention_triton(
         assert counters.numel() >= decode_counters_numel(batch_size, num_kv_heads), \
             "counters too small: see decode_counters_numel"
 
-    min_tokens = DECODE_SPLIT_MIN_TOKENS if min_tokens_per_split is None else min_tokens_per_split
+    min_tokens = DECODE_MIN_TOKENS_PER_SPLIT if min_tokens_per_split is None else min_tokens_per_split
     assert min_tokens > 0 and min_tokens % DECODE_BLOCK_N == 0, "min_tokens_per_split: whole key tiles"
     merge = decode_merge_mode(num_splits) if merge is None else merge
     assert merge in ("kernel", "launch"), merge
@@ -287,9 +287,9 @@ def paged_decode_attention_reference(
 ) -> Tensor:
     out = torch.empty_like(q)
     for seq, ctx_len in enumerate(context_lens.tolist()):
-        keys, values = _gather_kv(k_cache, v_cache, block_tables[seq], ctx_len)
+        keys, values = gather_kv(k_cache, v_cache, block_tables[seq], ctx_len)
         q_pos = torch.tensor([ctx_len - 1], device=q.device)
-        out[seq: seq + 1] = _attend_reference(q[seq: seq + 1], keys, values, q_pos, scale)
+        out[seq: seq + 1] = attend_reference(q[seq: seq + 1], keys, values, q_pos, scale)
     return out
 
 

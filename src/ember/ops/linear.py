@@ -37,9 +37,9 @@ import triton
 import triton.language as tl
 
 from ember.ops.activation import silu_mul
+from ember.ops.dispatch import l2_prefetch, pdl_enabled, pdl_sync, use_triton
 from ember.ops.norm import add_rms_norm, rms_norm
 from ember.ops.skinny_table import SKINNY_TABLE
-from ember.ops.dispatch import l2_prefetch, pdl_enabled, pdl_sync, use_triton
 
 SKINNY_MAX_M = 32  # rows up to which the dispatcher considers the kernel at all
 _HEURISTIC_MAX_M = 16  # beyond this only measured table entries run the kernel (its guesses lost to cuBLAS)

@@ -12,7 +12,7 @@ import triton.language as tl
 
 
 @triton.jit
-def _attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head_offset,
+def attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head_offset,
                  tile_start, kv_end, qk_scale, stride_kv_block, stride_kv_offset,
                  BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
                  MASK: tl.constexpr, UPCAST_DOT: tl.constexpr):
@@ -54,7 +54,7 @@ def _attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_
 
 
 
-def _check_inputs(q, k_cache, v_cache, block_tables):
+def check_inputs(q, k_cache, v_cache, block_tables):
     assert q.dtype == k_cache.dtype == v_cache.dtype, "q and the KV cache must share a dtype"
     assert k_cache.stride() == v_cache.stride(), "k_cache and v_cache must share a layout"
     assert q.stride(-1) == 1 and k_cache.stride(-1) == 1, "head_dim must be contiguous"
@@ -70,7 +70,7 @@ def _check_inputs(q, k_cache, v_cache, block_tables):
 
 
 # ---------------------------------------------------------------- the references' pieces
-def _attend_reference(q, keys, values, q_pos, scale):
+def attend_reference(q, keys, values, q_pos, scale):
     """q [n, Hq, D] at absolute positions q_pos [n]; keys/values [ctx, Hkv, D] at positions 0..ctx-1."""
     group = q.shape[1] // keys.shape[1]
     keys = keys.float().repeat_interleave(group, dim=1)
@@ -82,7 +82,7 @@ def _attend_reference(q, keys, values, q_pos, scale):
     return torch.einsum("hqk,khd->qhd", probs, values).to(q.dtype)
 
 
-def _gather_kv(k_cache, v_cache, block_table, ctx_len):
+def gather_kv(k_cache, v_cache, block_table, ctx_len):
     """The sequence's K/V [ctx_len, Hkv, D], reading only the first cdiv(ctx_len, block_size) blocks."""
     block_size = k_cache.shape[1]
     pos = torch.arange(ctx_len, device=k_cache.device)
