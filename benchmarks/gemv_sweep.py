@@ -2,10 +2,11 @@
 
     python benchmarks/gemv_sweep.py --out benchmarks/results/gemv-sweep-h200.json
 
-For each projection of Qwen3 0.6B..32B (qkv, o, gate_up, down, down fused with silu_mul, and
-qkv and gate_up fused with the add + RMSNorm before them) and each M: cuBLAS (F.linear; for the
-fused ones ops.silu_mul or ops.add_rms_norm first) and every Triton
-config of a candidate grid plus the shape heuristic's. Each is timed as CUDA-graph replays of
+For each projection of Qwen3 0.6B..32B (qkv, o, gate_up, down) and its fused forms (o and down
+with the residual add in the epilogue, qkv with the RMSNorm in the prologue, gate_up with both
+the norm and silu * mul) and each M: the alternative (cuBLAS for a plain projection; for a fused
+form, the unfused kernels as Ember runs them with today's table) and every Triton config of a
+candidate grid plus the shape heuristic's. Each is timed as CUDA-graph replays of
 one call per weight copy, with enough copies (>= 4, >= 256 MB) that L2 never holds the weight
 being read; time per call = replay time / calls. Every Triton result is checked against the
 reference (relative Frobenius error). Prints a table (shares of the copy rate measured in this
@@ -30,13 +31,14 @@ import triton
 from ember.bench.ceilings import copy_rate
 from ember.ops.activation import silu_mul
 from ember.ops.linear import (
+    ResidualStream,
     SkinnyConfig,
-    add_rms_norm_linear_reference,
-    add_rms_norm_linear_triton,
+    linear_add_triton,
     linear_triton,
-    silu_mul_linear_triton,
+    rms_norm_linear_reference,
+    rms_norm_linear_triton,
 )
-from ember.ops.norm import add_rms_norm
+from ember.ops.norm import rms_norm
 from ember.tools.random_checkpoint import QWEN3_SHAPES
 
 skinny = importlib.import_module("ember.ops.linear")  # the module: ember.ops.linear is the op
@@ -71,15 +73,15 @@ def projections(models: list[str]) -> list[tuple[str, str, int, int, list[str]]]
         h, i = s["hidden_size"], s["intermediate_size"]
         q, kv = s["num_attention_heads"] * HEAD_DIM, s["num_key_value_heads"] * HEAD_DIM
         for op, proj, n, k in [("linear", "qkv", q + 2 * kv, h), ("linear", "o", h, q), ("linear", "gate_up", 2 * i, h),
-                               ("linear", "down", h, i), ("silu_mul_linear", "silu+down", h, i),
-                               ("add_rms_norm_linear", "norm+qkv", q + 2 * kv, h),
-                               ("add_rms_norm_linear", "norm+gate_up", 2 * i, h)]:
+                               ("linear", "down", h, i), ("linear_add", "o+add", h, q),
+                               ("linear_add", "down+add", h, i), ("rms_norm_linear", "norm+qkv", q + 2 * kv, h),
+                               ("rms_norm_gate_silu", "norm+gu+silu", 2 * i, h)]:
             seen.setdefault((op, proj, n, k), []).append(model)
     return [(*key, models) for key, models in seen.items()]
 
 
 def candidates(m: int, n: int, k: int, op: str) -> list[SkinnyConfig]:
-    heuristic = skinny._heuristic_config(m, n, k, op)
+    heuristic = skinny._heuristic_config(m, n, k)
     out = [heuristic]
     for cfg in GRID:
         blocks = triton.cdiv(n, cfg.block_n)
@@ -129,44 +131,56 @@ def fmt(cfg) -> str:
 
 
 def sweep_shape(op, n, k, ms, rate, log) -> list[dict]:
-    k_in = 2 * k if op == "silu_mul_linear" else k
     wbytes = n * k * 2
     copies = min(MAX_COPIES, max(MIN_COPIES, math.ceil(MIN_ROTATION_BYTES / wbytes)))
     weights = [torch.empty(n, k, dtype=torch.bfloat16, device="cuda").normal_(0, 0.02) for _ in range(copies)]
-    fused = op == "silu_mul_linear"
-    normed = op == "add_rms_norm_linear"  # x = [h, residual] stacked
-    norm_w = torch.randn(k, device="cuda").to(torch.bfloat16)
+    norm_w = (1 + 0.2 * torch.randn(k, device="cuda")).to(torch.bfloat16)
+    silu = op == "rms_norm_gate_silu"
+    n_out = n // 2 if silu else n
+    # x = (input, residual or the stream's row statistics): 256 blocks, the most a producer stores.
 
-    def cublas(x, w):
-        if normed:
-            return add_rms_norm_linear_reference(x[0], x[1], norm_w, 1e-6, w)[0]
-        return F.linear(silu_mul(x) if fused else x, w)
+    def stream(x):
+        return ResidualStream(x[0], None, x[1])
+
+    def reference(x, w):
+        if op == "linear_add":
+            return F.linear(x[0], w) + x[1]
+        if op in ("rms_norm_linear", "rms_norm_gate_silu"):
+            return rms_norm_linear_reference(ResidualStream(x[0]), norm_w, 1e-6, w, silu_mul=silu)[0]
+        return F.linear(x[0], w)
+
+    def alternative(x, w):  # cuBLAS, or the unfused path as Ember runs it with the current table
+        if op == "linear_add":  # the add then runs inside the next norm kernel, at no extra cost
+            return skinny.linear(x[0], w)
+        if op in ("rms_norm_linear", "rms_norm_gate_silu"):
+            y = skinny.linear(rms_norm(x[0], norm_w, 1e-6), w)
+            return silu_mul(y) if silu else y
+        return F.linear(x[0], w)
 
     def kernel(cfg):
-        if fused:
-            return lambda x, w: silu_mul_linear_triton(x, w, config=cfg)
-        if normed:
-            return lambda x, w: add_rms_norm_linear_triton(x[0], x[1], norm_w, 1e-6, w, config=cfg)[0]
-        return lambda x, w: linear_triton(x, w, config=cfg)
+        if op == "linear_add":
+            return lambda x, w: linear_add_triton(x[0], w, x[1], config=cfg).hidden
+        if op in ("rms_norm_linear", "rms_norm_gate_silu"):
+            return lambda x, w: rms_norm_linear_triton(stream(x), norm_w, 1e-6, w, silu_mul=silu, config=cfg)[0]
+        return lambda x, w: linear_triton(x[0], w, config=cfg)
 
     def pct(us, m):  # share of the copy rate: weight + x read, y written
-        return 100 * (wbytes + 2 * m * (k_in + n)) / (us * 1e-6) / rate
+        return 100 * (wbytes + 2 * m * (k + n_out)) / (us * 1e-6) / rate
 
     rows = []
     for m in ms:
-        x = torch.randn((2, m, k_in) if normed else (m, k_in), device="cuda").to(torch.bfloat16)
-        ref = cublas(x, weights[0])
+        x0 = torch.randn((m, k), device="cuda").to(torch.bfloat16)
+        if op == "linear_add":
+            x = (x0, torch.randn((m, n), device="cuda").to(torch.bfloat16))
+        else:
+            x = (x0, (x0.float().pow(2).sum(-1) / 256).expand(256, m).contiguous())
+        ref = reference(x, weights[0])
+        # "cublas_us": the alternative the kernel must beat (for a fused op: the unfused path)
         row = {"op": op, "n": n, "k": k, "m": m, "copies": copies,
-               "cublas_us": time_per_call(cublas, x, weights), "configs": []}
-        if fused:  # what the unfused path spends on the activation alone
-            row["silu_mul_us"] = time_per_call(lambda x, w: silu_mul(x), x, weights)
-        if normed:  # ... and on the add + norm alone, and the unfused path as Ember runs it today
-            row["norm_us"] = time_per_call(lambda x, w: add_rms_norm(x[0], x[1], norm_w, 1e-6), x, weights)
-            row["unfused_us"] = time_per_call(
-                lambda x, w: skinny.linear(add_rms_norm(x[0], x[1], norm_w, 1e-6)[0], w), x, weights)
+               "cublas_us": time_per_call(alternative, x, weights), "configs": []}
         row["cublas_pct"] = pct(row["cublas_us"], m)
         for cfg in candidates(m, n, k, op):
-            entry = {"config": list(cfg), "heuristic": cfg == skinny._heuristic_config(m, n, k, op)}
+            entry = {"config": list(cfg), "heuristic": cfg == skinny._heuristic_config(m, n, k)}
             try:
                 t0 = time.perf_counter()
                 entry["rel_err"] = rel_err(kernel(cfg)(x, weights[0]), ref)
@@ -191,17 +205,10 @@ def sweep_shape(op, n, k, ms, rate, log) -> list[dict]:
 
 def decide(rows: list[dict]) -> dict:
     """SKINNY_TABLE entries: the best config where it beats the alternative, else None."""
-    table, down = {}, {(r["n"], r["k"], r["m"]): r for r in rows if r["op"] == "linear"}
+    table = {}
     for r in rows:
         best = r["best"]
-        if r["op"] == "linear":
-            other = r["cublas_us"]
-        else:  # unfused: ops.silu_mul / ops.add_rms_norm, then the better of cuBLAS and the Triton GEMM
-            pre_us = r["silu_mul_us"] if r["op"] == "silu_mul_linear" else r["norm_us"]
-            d = down.get((r["n"], r["k"], r["m"]))
-            d_us = min(d["cublas_us"], d["best"]["us"]) if d and d["best"] else r["cublas_us"] - pre_us
-            other = min(r["cublas_us"], pre_us + d_us, r.get("unfused_us", math.inf))
-        win = best is not None and best["us"] < other
+        win = best is not None and best["us"] < r["cublas_us"]
         table[(r["op"], r["n"], r["k"], r["m"])] = tuple(best["config"]) if win else None
     return table
 
@@ -211,7 +218,7 @@ def main():
     ap.add_argument("--out", required=True, help="JSON results file")
     ap.add_argument("--models", default=",".join(QWEN3_SHAPES), help="comma-separated, of " + ",".join(QWEN3_SHAPES))
     ap.add_argument("--ms", default=",".join(map(str, MS)), help="row counts (powers of two: table buckets)")
-    ap.add_argument("--ops", default="linear,silu_mul_linear,add_rms_norm_linear", help="which ops to sweep")
+    ap.add_argument("--ops", default=",".join(skinny.OPS), help="which ops to sweep, of " + ",".join(skinny.OPS))
     args = ap.parse_args()
     start = time.perf_counter()
 
@@ -231,7 +238,7 @@ def main():
             rows.append({**r, "proj": proj, "models": models})
 
     table = decide(rows)
-    print(f"\n{'model':>9} {'proj':>9} {'N':>6} {'K':>6} {'M':>3} | {'cuBLAS us':>9} {'%':>4} | "
+    print(f"\n{'model':>9} {'proj':>12} {'N':>6} {'K':>6} {'M':>3} | {'alt. us':>9} {'%':>4} | "
           f"{'best Triton':<26} {'us':>7} {'%':>4} | {'speedup':>7} | {'heur. us':>8} | table")
     for r in rows:
         b, h = r["best"], r["heuristic"]
@@ -239,7 +246,7 @@ def main():
         base = r["cublas_us"]
         speedup = f"{base / b['us']:6.2f}x" if b else f"{'':7}"
         entry = table[(r["op"], r["n"], r["k"], r["m"])]
-        print(f"{'/'.join(r['models']):>9} {r['proj']:>9} {r['n']:6d} {r['k']:6d} {r['m']:3d} | "
+        print(f"{'/'.join(r['models']):>9} {r['proj']:>12} {r['n']:6d} {r['k']:6d} {r['m']:3d} | "
               f"{base:9.2f} {r['cublas_pct']:3.0f}% | {best} | {speedup} | "
               f"{h['us'] if h else float('nan'):8.2f} | {'triton' if entry else 'fallback'}")
     print("\n# Paste into src/ember/ops/skinny_table.py (measured on "

@@ -5,7 +5,8 @@
 #   kerneltests  the kernel tests alone (linear, attention, norm), compiled on the GPU
 #   gputests     only the tests marked gpu (ops, graphs, engine against HF): a quicker "tests"
 #   attn_sweep   benchmarks/decode_attention_sweep.py: split count, split length, merge mode
-#   norm_sweep   benchmarks/gemv_sweep.py for the add + RMSNorm + projection fusion only
+#   norm_sweep   benchmarks/gemv_sweep.py for the fused forms only (add epilogue, norm prologue,
+#                silu epilogue), M = 1 and 2
 #   tp06         benchmarks/throughput.py, 0.6B, Ember alone
 #   sweep        benchmarks/gemv_sweep.py: skinny GEMM vs cuBLAS at the 0.6B and 8B projections
 #   pdl          benchmarks/pdl_check.py: the decode graph with and without PDL
@@ -35,7 +36,8 @@ for step in "$@"; do
              tests/ops/test_attention.py tests/ops/test_norm.py 2>&1 | tee "$OUT/pytest_kernels.log" | tail -6 ;;
     attn_sweep) timeout 300 python3 benchmarks/decode_attention_sweep.py --out "$OUT/decode_attention_sweep.json" \
              2>&1 | tee "$OUT/decode_attention_sweep.txt" | grep -v "^      " ;;
-    norm_sweep) timeout 240 python3 benchmarks/gemv_sweep.py --models 0.6B,8B --ops add_rms_norm_linear \
+    norm_sweep) timeout 300 python3 benchmarks/gemv_sweep.py --models 0.6B,8B --ms 1,2 \
+             --ops linear_add,rms_norm_linear,rms_norm_gate_silu \
              --out "$OUT/norm_sweep.json" 2>&1 | tee "$OUT/norm_sweep.txt" | tail -50 ;;
     tp06) timeout 150 python3 benchmarks/throughput.py -m /tmp/qwen3-0.6B --load-format dummy --out "$OUT/tp-0.6B" \
              2>&1 | tail -25 ;;

@@ -2,7 +2,8 @@
 
 The chain is one decoder layer of a decode step through every PDL kernel: embedding ->
 add_rms_norm -> skinny qkv -> qk_norm_rope_store_kv -> split-K decode attention -> skinny o
-(split-K) -> add_rms_norm -> skinny gate_up -> fused silu+down -> rms_norm.
+(split-K) + residual add -> norm + skinny gate_up + silu -> skinny down (split-K) + residual add
+-> rms_norm.
 
 On CPU (Triton interpreter, no griddepcontrol) the USE_PDL=True code paths run with the gdc
 calls replaced by counters: same results bitwise, every program syncs exactly once, and every
@@ -27,15 +28,16 @@ from ember.ops.rope import build_rope_cache
 HAS_CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if HAS_CUDA else "cpu"
 EPS = 1e-6
-PDL_MODULES = ["embedding", "norm", "rope", "decode_attention", "linear"]
+PDL_MODULES = ["embedding", "norm", "rope", "decode_attention", "skinny_gemm"]
 mods = {name: importlib.import_module(f"ember.ops.{name}") for name in PDL_MODULES}
 KERNELS = {
     "embedding": ["_embedding_kernel"],
     "norm": ["_rms_norm_kernel", "_add_rms_norm_kernel"],
     "rope": ["_qk_norm_rope_store_kv_kernel"],
     "decode_attention": ["_decode_split_kernel"],
-    "linear": ["_skinny_kernel"],
+    "skinny_gemm": ["_skinny_kernel"],
 }
+linear_ops = importlib.import_module("ember.ops.linear")  # the module (ember.ops.linear is the op)
 
 TINY = dict(hidden=64, q_heads=4, kv_heads=2, head_dim=32, inter=96, vocab=50, block_size=8)
 QWEN3_06B = dict(hidden=1024, q_heads=16, kv_heads=8, head_dim=128, inter=3072, vocab=4096, block_size=16)
@@ -112,7 +114,7 @@ def layer_step(layer, state, configs: dict | None = None):
     batch, hq, hkv, d = state.ids.shape[0], shape["q_heads"], shape["kv_heads"], shape["head_dim"]
     h = mods["embedding"].embedding_triton(state.ids, layer.emb)
     x, residual = mods["norm"].add_rms_norm_triton(h, state.residual, layer.norm1, EPS)
-    qkv = mods["linear"].linear_triton(x, layer.qkv, config=configs.get("qkv"))
+    qkv = linear_ops.linear_triton(x, layer.qkv, config=configs.get("qkv"))
     q, k, v = qkv.split([hq * d, hkv * d, hkv * d], dim=-1)
     q = mods["rope"].qk_norm_rope_store_kv_triton(
         q.view(batch, hq, d), k.view(batch, hkv, d), v.view(batch, hkv, d), layer.q_norm, layer.k_norm,
@@ -120,11 +122,11 @@ def layer_step(layer, state, configs: dict | None = None):
     attn = mods["decode_attention"].paged_decode_attention_triton(
         q, state.k_cache, state.v_cache, state.block_tables, state.ctx_lens, d**-0.5,
         workspace=state.workspace, num_splits=state.num_splits, counters=state.counters)
-    o = mods["linear"].linear_triton(attn.view(batch, hq * d), layer.o, config=configs.get("o"))
-    x, residual = mods["norm"].add_rms_norm_triton(o, residual, layer.norm2, EPS)
-    gate_up = mods["linear"].linear_triton(x, layer.gate_up, config=configs.get("gate_up"))
-    down = mods["linear"].silu_mul_linear_triton(gate_up, layer.down, config=configs.get("down"))
-    return mods["norm"].rms_norm_triton(down, layer.norm3, EPS), residual
+    stream = linear_ops.linear_add_triton(attn.view(batch, hq * d), layer.o, residual, config=configs.get("o"))
+    act, _ = linear_ops.rms_norm_linear_triton(stream, layer.norm2, EPS, layer.gate_up, silu_mul=True,
+                                                   config=configs.get("gate_up"))
+    stream = linear_ops.linear_add_triton(act, layer.down, stream.hidden, config=configs.get("down"))
+    return mods["norm"].rms_norm_triton(stream.hidden, layer.norm3, EPS), stream.hidden
 
 
 def snapshot(outputs, state) -> list[torch.Tensor]:
@@ -157,7 +159,7 @@ def test_pdl_code_paths_in_interpreter_are_bitwise_identical(monkeypatch, dtype)
             # griddepcontrol and the PTX prefetch do not exist in the interpreter: record the calls.
             m.setattr(dispatch, "gdc_wait", lambda *_, **__: syncs.append("wait"))
             m.setattr(dispatch, "gdc_launch_dependents", lambda *_, **__: syncs.append("launch"))
-            m.setattr(mods["linear"], "l2_prefetch", lambda ptrs: prefetched.append(ptrs.handle.data.copy()))
+            m.setattr(mods["skinny_gemm"], "l2_prefetch", lambda ptrs: prefetched.append(ptrs.handle.data.copy()))
             for name, module in mods.items():
                 m.setattr(module, "pdl_enabled", lambda device: use_pdl)
                 for kernel_name in KERNELS[name]:
@@ -167,21 +169,23 @@ def test_pdl_code_paths_in_interpreter_are_bitwise_identical(monkeypatch, dtype)
                         assert kwargs["USE_PDL"] is kwargs["launch_pdl"] is use_pdl, _name
                         grid = kwargs["grid"]
                         launches.append((_name, grid[0] * (grid[1] if len(grid) > 1 else 1)
-                                         * (grid[2] if len(grid) > 2 else 1)))
+                                         * (grid[2] if len(grid) > 2 else 1), kwargs.get("GATE_SILU", False)))
                         return _run(*args, **kwargs)
 
                     m.setattr(kernel, "run", run)
             state = make_state(layer, len(ctx_lens), max_ctx=24, num_splits=3)
             set_inputs(layer, state, ctx_lens, seed=7)
             results[use_pdl] = snapshot(layer_step(layer, state, TINY_CONFIGS), state)
-        launched = {name for name, _ in launches}
+        launched = {name for name, _, _ in launches}
         assert launched == {k for names in KERNELS.values() for k in names}
-        programs = sum(n for _, n in launches)
+        programs = sum(n for _, n, _ in launches)
         # Every program of every launch: wait, then launch dependents, once each.
         assert syncs == (["wait", "launch"] * programs if use_pdl else [])
-        # The skinny GEMM's programs prefetch lines of their weight, and nothing else, before the wait.
+        # The skinny GEMM's programs prefetch lines of their weight, and nothing else, before the
+        # wait: once, or twice (gate and up rows) with the silu epilogue.
         weights = [layer.qkv, layer.o, layer.gate_up, layer.down]
-        assert len(prefetched) == (sum(n for name, n in launches if name == "_skinny_kernel") if use_pdl else 0)
+        expected = sum(n * (2 if silu else 1) for name, n, silu in launches if name == "_skinny_kernel")
+        assert len(prefetched) == (expected if use_pdl else 0)
         for addresses in prefetched:
             assert any(((w.data_ptr() <= addresses) & (addresses < w.data_ptr() + w.nbytes)).all() for w in weights)
     assert_bitwise(results[True], results[False])

@@ -2,10 +2,8 @@
 
 import pytest
 
-from ember.ops.linear import SKINNY_MAX_M, SkinnyConfig
+from ember.ops.linear import OPS, SKINNY_MAX_M, SkinnyConfig
 from ember.ops.skinny_table import SKINNY_TABLE
-
-OPS = ("linear", "silu_mul_linear", "add_rms_norm_linear")
 
 
 @pytest.mark.parametrize("key", list(SKINNY_TABLE), ids=lambda k: "-".join(map(str, k)))

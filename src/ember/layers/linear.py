@@ -27,15 +27,23 @@ class Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return ops.linear(x, self.weight, self.bias)  # a skinny-GEMM kernel at decode, else cuBLAS
 
-    def forward_normed(self, x: torch.Tensor, residual: torch.Tensor | None, norm) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(self(norm(x + residual)), x + residual)``; without a residual, of x (and x itself).
+    def forward_normed(self, stream: ops.ResidualStream, norm, silu_mul: bool = False):
+        """``(self(norm(h)), h)`` for the residual stream h; with ``silu_mul`` (gate and up packed)
+        ``silu(gate) * up`` of that instead.
 
-        Where the skinny-GEMM table measured it to pay (so far Qwen3-0.6B's qkv and gate_up at
-        batch 1-2), the add and the norm run in the GEMM's prologue: one launch. Elsewhere it is
-        the add + norm kernel, then the projection. A layer whose weights need their own kernel
-        (quantized, say) overrides this with the norm followed by its forward.
+        Where the skinny-GEMM kernel runs (decode) and the stream comes summed with its row
+        statistics from ``forward_add``, the norm runs in the GEMM's prologue and the activation in
+        its epilogue: one launch. Elsewhere the norm kernel (with the pending residual add), then
+        the projection. A layer whose weights need their own kernel (quantized, say) overrides
+        this with the norm followed by its forward.
         """
-        return ops.add_rms_norm_linear(x, residual, norm.weight, norm.eps, self.weight, self.bias)
+        return ops.rms_norm_linear(stream, norm.weight, norm.eps, self.weight, self.bias, silu_mul)
+
+    def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> ops.ResidualStream:
+        """The residual stream ``self(x) + residual``: summed in the GEMM's epilogue (with the row
+        statistics the next norm needs) where the skinny kernel runs, else left to the next norm."""
+        assert self.bias is None, "a residual projection with a bias is not needed by any model yet"
+        return ops.linear_add(x, self.weight, residual)
 
     def shard_rows(self, shard: int | None) -> slice:
         """Rows of ``weight`` that checkpoint shard ``shard`` fills (all of them here)."""

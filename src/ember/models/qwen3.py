@@ -1,13 +1,19 @@
 """The Qwen3 dense decoder, written to read like the math.
 
-    h = embed(tokens)
+    h = embed(tokens)                  # h: the residual stream
     for each layer:
-        r = h + r;  q, k, v = rmsnorm(r) Wqkv    # add + norm inside the GEMM where that pays
+        q, k, v = rmsnorm(h) Wqkv
         q, k = rope(rmsnorm_head(q)), rope(rmsnorm_head(k));  cache <- k, v
-        h = attention(q, cache) Wo
-        r = h + r;  g, u = rmsnorm(r) Wgate_up
-        h = (silu(g) * u) Wdown                # silu * mul inside the down projection
-    logits = rmsnorm(h + r) Wlm        # only at the rows that need a next token
+        h = h + attention(q, cache) Wo
+        g, u = rmsnorm(h) Wgate_up
+        h = h + (silu(g) * u) Wdown
+    logits = rmsnorm(h) Wlm            # only at the rows that need a next token
+
+At decode the skinny GEMM does the rest in its prologue and epilogue: each residual add, with
+the row statistics the next rmsnorm needs, runs in the projection before it (``forward_add``),
+the rmsnorm in the projection after it, and silu * mul in gate_up's epilogue (``forward_normed``):
+a layer is its four projections and its attention. Where a GEMM is cuBLAS's, the add is left
+pending in the stream (``ops.ResidualStream``) and done by the next norm's kernel.
 
 Each layer may sit on its own device (``place_layers``); hidden states follow the layers.
 """
@@ -41,8 +47,7 @@ class Qwen3Attention(nn.Module):
 
     def forward(self, qkv, positions, cos_sin, meta: AttentionMetadata):
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        out = self.attn(q, k, v, self.q_norm.weight, self.k_norm.weight, cos_sin, positions, meta)
-        return self.o_proj(out)
+        return self.attn(q, k, v, self.q_norm.weight, self.k_norm.weight, cos_sin, positions, meta)
 
 
 class Qwen3MLP(nn.Module):
@@ -50,10 +55,6 @@ class Qwen3MLP(nn.Module):
         super().__init__()
         self.gate_up_proj = PackedLinear(cfg.hidden_size, [cfg.intermediate_size] * 2)
         self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size)
-
-    def forward(self, gate_up):
-        # down(silu(gate) * up), the activation fused into the down projection where that pays
-        return ops.silu_mul_linear(gate_up, self.down_proj.weight)
 
 
 class Qwen3DecoderLayer(nn.Module):
@@ -64,12 +65,12 @@ class Qwen3DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, h, residual, positions, cos_sin, meta):
-        # residual None (first layer): the embedding is the residual stream
-        qkv, residual = self.self_attn.qkv_proj.forward_normed(h, residual, self.input_layernorm)
-        h = self.self_attn(qkv, positions, cos_sin, meta)
-        gate_up, residual = self.mlp.gate_up_proj.forward_normed(h, residual, self.post_attention_layernorm)
-        return self.mlp(gate_up), residual
+    def forward(self, stream: ops.ResidualStream, positions, cos_sin, meta) -> ops.ResidualStream:
+        attn, mlp = self.self_attn, self.mlp
+        qkv, h = attn.qkv_proj.forward_normed(stream, self.input_layernorm)
+        stream = attn.o_proj.forward_add(attn(qkv, positions, cos_sin, meta), h)
+        act, h = mlp.gate_up_proj.forward_normed(stream, self.post_attention_layernorm, silu_mul=True)
+        return mlp.down_proj.forward_add(act, h)
 
 
 class Qwen3Model(nn.Module):
@@ -99,21 +100,25 @@ class Qwen3ForCausalLM(nn.Module):
     # ----- forward -------------------------------------------------------------------------
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         """Final hidden states (normed) of every token in the flat batch."""
-        h = ops.embedding(input_ids, self.model.embed_tokens)
-        residual = None
-        cos_sin, device = self.cos_sin, h.device
+        stream = ops.ResidualStream(ops.embedding(input_ids, self.model.embed_tokens))
+        cos_sin, device = self.cos_sin, stream.hidden.device
         for layer in self.model.layers:
             layer_device = layer.input_layernorm.weight.device
             if layer_device != device:  # pipeline split: hand the activations over
-                device = layer_device
-                h, positions, meta = h.to(device), positions.to(device), meta.to(device)
-                residual = None if residual is None else residual.to(device)
+                stream = self._stream_to(stream, layer_device)
+                device, positions, meta = layer_device, positions.to(layer_device), meta.to(layer_device)
                 cos_sin = cos_sin.to(device)
-            h, residual = layer(h, residual, positions, cos_sin, meta)
-        h = h.to(self.model.norm.weight.device)
-        residual = residual.to(h.device) if residual is not None else None
-        out, _ = self.model.norm(h, residual) if residual is not None else (self.model.norm(h), None)
-        return out
+            stream = layer(stream, positions, cos_sin, meta)
+        h, residual, _ = self._stream_to(stream, self.model.norm.weight.device)
+        return self.model.norm(h) if residual is None else self.model.norm(h, residual)[0]
+
+    @staticmethod
+    def _stream_to(stream: ops.ResidualStream, device: torch.device) -> ops.ResidualStream:
+        """The stream on another device; its row statistics stay behind (the next norm recomputes)."""
+        if stream.hidden.device == device:
+            return stream
+        residual = None if stream.residual is None else stream.residual.to(device)
+        return ops.ResidualStream(stream.hidden.to(device), residual)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.model.embed_tokens if self.lm_head is None else self.lm_head.weight

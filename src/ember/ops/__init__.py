@@ -15,7 +15,7 @@ sequence b (int32, unused entries may hold anything but are never read past ``co
 
 from ember.ops.activation import silu_mul
 from ember.ops.embedding import embedding
-from ember.ops.linear import add_rms_norm_linear, linear, silu_mul_linear
+from ember.ops.linear import ResidualStream, linear, linear_add, linear_silu_mul, rms_norm_linear
 from ember.ops.norm import add_rms_norm, rms_norm
 from ember.ops.rope import qk_norm_rope_store_kv
 from ember.ops.attention import paged_prefill_attention
@@ -26,8 +26,10 @@ __all__ = [
     "silu_mul",
     "embedding",
     "linear",
-    "silu_mul_linear",
-    "add_rms_norm_linear",
+    "linear_add",
+    "linear_silu_mul",
+    "rms_norm_linear",
+    "ResidualStream",
     "add_rms_norm",
     "rms_norm",
     "qk_norm_rope_store_kv",
