@@ -12,8 +12,12 @@ decode_merge_mode. Variants: merge "kernel" (last-arriving split program) or "la
 minimum tokens per split (DECODE_MIN_TOKENS_PER_SPLIT), and the split count (the engine's
 decode_num_splits heuristic, or fixed).
 
+``--fused`` instead times, at the engine's choice, what a decode layer runs between the qkv and o
+projections: qk_norm_rope_store_kv + paged_decode_attention (two launches) against
+norm_rope_decode_attention (one; the same outputs and cache writes).
+
     python benchmarks/decode_attention_sweep.py [--shapes 0.6B,8B] [--batch-sizes 1,8,32]
-        [--contexts 128,512,2048,8192] [--out decode_attention_sweep.json]
+        [--contexts 128,512,2048,8192] [--fused] [--out decode_attention_sweep.json]
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 
 from ember.bench.ceilings import copy_rate as measure_copy_rate
 from ember.ops import decode_attention as attention
+from ember.ops import rope
 from ember.tools.random_checkpoint import QWEN3_SHAPES
 
 BLOCK_SIZE = 16  # the engine's default
@@ -46,21 +51,8 @@ def make_case(num_q_heads, num_kv_heads, head_dim, batch, context, layers, gen):
     return q, caches, tables, lens
 
 
-def time_variant(q, caches, tables, lens, scale, num_splits, min_tokens, merge, reps=20):
-    b, hq, d = q.shape
-    hkv = caches[0][0].shape[2]
-    ws = torch.empty(attention.decode_workspace_numel(b, hq, d, num_splits), device="cuda")
-    counters = torch.zeros(attention.decode_counters_numel(b, hkv), dtype=torch.int32, device="cuda")
-
-    def step():
-        for k, v in caches:
-            attention.paged_decode_attention_triton(q, k, v, tables, lens, scale, workspace=ws, counters=counters,
-                                                    num_splits=num_splits, min_tokens_per_split=min_tokens,
-                                                    merge=merge)
-
-    out = attention.paged_decode_attention_triton(q, *caches[0], tables, lens, scale, workspace=ws,
-                                                  counters=counters, num_splits=num_splits,
-                                                  min_tokens_per_split=min_tokens, merge=merge)
+def time_graph(step, layers, reps=20):
+    """Median µs per layer of one CUDA graph of ``step`` (all layers), replayed ``reps`` times."""
     step()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
@@ -76,9 +68,59 @@ def time_variant(q, caches, tables, lens, scale, num_splits, min_tokens, merge, 
             graph.replay()
         end.record()
         end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / reps / len(caches))
+        times.append(start.elapsed_time(end) * 1e3 / reps / layers)
+    return sorted(times)[len(times) // 2]
+
+
+def time_variant(q, caches, tables, lens, scale, num_splits, min_tokens, merge):
+    b, hq, d = q.shape
+    hkv = caches[0][0].shape[2]
+    ws = torch.empty(attention.decode_workspace_numel(b, hq, d, num_splits), device="cuda")
+    counters = torch.zeros(attention.decode_counters_numel(b, hkv), dtype=torch.int32, device="cuda")
+
+    def step():
+        for k, v in caches:
+            attention.paged_decode_attention_triton(q, k, v, tables, lens, scale, workspace=ws, counters=counters,
+                                                    num_splits=num_splits, min_tokens_per_split=min_tokens,
+                                                    merge=merge)
+
+    out = attention.paged_decode_attention_triton(q, *caches[0], tables, lens, scale, workspace=ws,
+                                                  counters=counters, num_splits=num_splits,
+                                                  min_tokens_per_split=min_tokens, merge=merge)
+    us = time_graph(step, len(caches))
     assert (counters == 0).all(), "counters not reset"
-    return sorted(times)[len(times) // 2], out
+    return us, out
+
+
+def time_fused(hq, caches, tables, lens, scale, num_splits, gen):
+    """(two-launch µs, fused µs) per layer at the engine's merge mode, from raw qkv rows whose new
+    token sits at position ctx_len - 1; checks that both give the same output."""
+    b, hkv, d = tables.shape[0], caches[0][0].shape[2], caches[0][0].shape[3]
+    qkv = torch.randn(b, (hq + 2 * hkv) * d, generator=gen).to(device="cuda", dtype=torch.bfloat16)
+    q, k, v = (t.view(b, -1, d) for t in qkv.split([hq * d, hkv * d, hkv * d], dim=-1))
+    q_norm, k_norm = (1 + 0.1 * torch.randn(2, d, generator=gen)).to(device="cuda", dtype=torch.bfloat16)
+    cos_sin = rope.build_rope_cache(d, int(lens.max()), 1e6, None, "cuda")
+    positions = lens.long() - 1
+    slots = tables[torch.arange(b, device="cuda"), positions // BLOCK_SIZE].long() * BLOCK_SIZE + positions % BLOCK_SIZE
+    ws = torch.empty(attention.decode_workspace_numel(b, hq, d, num_splits), device="cuda")
+    counters = torch.zeros(attention.decode_counters_numel(b, hkv), dtype=torch.int32, device="cuda")
+    scratch = dict(workspace=ws, counters=counters, num_splits=num_splits)
+    norm_rope = (q_norm, k_norm, cos_sin, positions)
+
+    def two_launches(kc, vc):
+        q_normed = rope.qk_norm_rope_store_kv_triton(q, k, v, *norm_rope, kc, vc, slots, 1e-6)
+        return attention.paged_decode_attention_triton(q_normed, kc, vc, tables, lens, scale, **scratch)
+
+    def fused(kc, vc):
+        return attention.norm_rope_decode_attention_triton(q, k, v, *norm_rope, kc, vc, slots, 1e-6, tables, lens,
+                                                           scale, **scratch)
+
+    # Both write the same K/V to the same slots on every call, so they can share the caches.
+    # General values may round the q/k-norm variance differently (different reduction layouts).
+    torch.testing.assert_close(fused(*caches[0]).float(), two_launches(*caches[0]).float(), atol=2e-2, rtol=2e-2)
+    us = [time_graph(lambda f=f: [f(kc, vc) for kc, vc in caches], len(caches)) for f in (two_launches, fused)]
+    assert (counters == 0).all(), "counters not reset"
+    return us
 
 
 def main():
@@ -88,6 +130,8 @@ def main():
     ap.add_argument("--contexts", default="128,512,2048,8192")
     ap.add_argument("--min-tokens", default="64,128,256,512")
     ap.add_argument("--splits", default="auto,16,32", help="'auto' = decode_num_splits; others fixed")
+    ap.add_argument("--fused", action="store_true",
+                    help="time qk_norm_rope_store_kv + paged_decode_attention against norm_rope_decode_attention")
     ap.add_argument("--out", default="decode_attention_sweep.json")
     args = ap.parse_args()
     copy_rate = measure_copy_rate(torch.device("cuda"))["bytes_per_s"]
@@ -103,11 +147,22 @@ def main():
             layers = max(2, min(36, math.ceil(L2_EVICT_BYTES / kv_bytes)))
             q, caches, tables, lens = make_case(hq, hkv, d, batch, context, layers, gen)
             scale = d ** -0.5
-            ref = attention.paged_decode_attention_reference(q, *caches[0], tables, lens, scale)
             # The engine sizes splits from a block table that holds max_model_len: here 8192 + 256.
             auto = attention.decode_num_splits(batch, hkv, math.ceil(8448 / BLOCK_SIZE), BLOCK_SIZE)
             split_options = sorted({auto if x == "auto" else int(x) for x in args.splits.split(",")})
             floor_us = kv_bytes / copy_rate * 1e6
+            if args.fused:
+                two_us, fused_us = time_fused(hq, caches, tables, lens, scale, auto, gen)
+                rows.append({"shape": shape, "batch": batch, "context": context, "num_splits": auto,
+                             "merge": attention.decode_merge_mode(auto), "two_launch_us": two_us,
+                             "fused_us": fused_us, "floor_us": floor_us, "layers": layers})
+                print(f"{shape:>5} B={batch:<3} ctx={context:<5} floor {floor_us:6.2f} µs | rope + attention "
+                      f"{two_us:6.2f} | fused {fused_us:6.2f} ({two_us - fused_us:+.2f} saved, splits {auto}, "
+                      f"{attention.decode_merge_mode(auto)})")
+                del caches
+                torch.cuda.empty_cache()
+                continue
+            ref = attention.paged_decode_attention_reference(q, *caches[0], tables, lens, scale)
             results = []
             for num_splits, min_tokens, merge in itertools.product(
                     split_options, map(int, args.min_tokens.split(",")), ("kernel", "launch")):

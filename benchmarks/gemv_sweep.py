@@ -34,6 +34,7 @@ from ember.ops.linear import (
     ResidualStream,
     SkinnyConfig,
     linear_add_triton,
+    linear_silu_mul_triton,
     linear_triton,
     rms_norm_linear_reference,
     rms_norm_linear_triton,
@@ -75,7 +76,7 @@ def projections(models: list[str]) -> list[tuple[str, str, int, int, list[str]]]
         for op, proj, n, k in [("linear", "qkv", q + 2 * kv, h), ("linear", "o", h, q), ("linear", "gate_up", 2 * i, h),
                                ("linear", "down", h, i), ("linear_add", "o+add", h, q),
                                ("linear_add", "down+add", h, i), ("rms_norm_linear", "norm+qkv", q + 2 * kv, h),
-                               ("rms_norm_gate_silu", "norm+gu+silu", 2 * i, h)]:
+                               ("gate_silu", "gu+silu", 2 * i, h), ("rms_norm_gate_silu", "norm+gu+silu", 2 * i, h)]:
             seen.setdefault((op, proj, n, k), []).append(model)
     return [(*key, models) for key, models in seen.items()]
 
@@ -83,7 +84,10 @@ def projections(models: list[str]) -> list[tuple[str, str, int, int, list[str]]]
 def candidates(m: int, n: int, k: int, op: str) -> list[SkinnyConfig]:
     heuristic = skinny._heuristic_config(m, n, k)
     out = [heuristic]
-    for cfg in GRID:
+    grid = GRID
+    if op.startswith("rms_norm"):  # x computed in registers: also try it as the left operand
+        grid = GRID + [c._replace(x_left=True) for c in GRID if c.dot]
+    for cfg in grid:
         blocks = triton.cdiv(n, cfg.block_n)
         block_m = max(16, triton.next_power_of_2(m)) if cfg.dot else triton.next_power_of_2(m)
         if (cfg == heuristic or (not cfg.dot and m > FMA_MAX_M) or cfg.block_n > n
@@ -126,8 +130,10 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def fmt(cfg) -> str:
-    return "cuBLAS" if cfg is None else (f"{cfg.block_n}x{cfg.block_k} s{cfg.split_k} w{cfg.num_warps} "
-                                         f"st{cfg.num_stages} {'dot' if cfg.dot else 'fma'}")
+    if cfg is None:
+        return "cuBLAS"
+    kind = ("dotL" if cfg.x_left else "dot") if cfg.dot else "fma"
+    return f"{cfg.block_n}x{cfg.block_k} s{cfg.split_k} w{cfg.num_warps} st{cfg.num_stages} {kind}"
 
 
 def sweep_shape(op, n, k, ms, rate, log) -> list[dict]:
@@ -135,7 +141,7 @@ def sweep_shape(op, n, k, ms, rate, log) -> list[dict]:
     copies = min(MAX_COPIES, max(MIN_COPIES, math.ceil(MIN_ROTATION_BYTES / wbytes)))
     weights = [torch.empty(n, k, dtype=torch.bfloat16, device="cuda").normal_(0, 0.02) for _ in range(copies)]
     norm_w = (1 + 0.2 * torch.randn(k, device="cuda")).to(torch.bfloat16)
-    silu = op == "rms_norm_gate_silu"
+    silu = op in ("gate_silu", "rms_norm_gate_silu")
     n_out = n // 2 if silu else n
     # x = (input, residual or the stream's row statistics): 256 blocks, the most a producer stores.
 
@@ -147,7 +153,7 @@ def sweep_shape(op, n, k, ms, rate, log) -> list[dict]:
             return F.linear(x[0], w) + x[1]
         if op in ("rms_norm_linear", "rms_norm_gate_silu"):
             return rms_norm_linear_reference(ResidualStream(x[0]), norm_w, 1e-6, w, silu_mul=silu)[0]
-        return F.linear(x[0], w)
+        return silu_mul(F.linear(x[0], w)) if silu else F.linear(x[0], w)
 
     def alternative(x, w):  # cuBLAS, or the unfused path as Ember runs it with the current table
         if op == "linear_add":  # the add then runs inside the next norm kernel, at no extra cost
@@ -155,13 +161,15 @@ def sweep_shape(op, n, k, ms, rate, log) -> list[dict]:
         if op in ("rms_norm_linear", "rms_norm_gate_silu"):
             y = skinny.linear(rms_norm(x[0], norm_w, 1e-6), w)
             return silu_mul(y) if silu else y
-        return F.linear(x[0], w)
+        return silu_mul(skinny.linear(x[0], w)) if silu else F.linear(x[0], w)
 
     def kernel(cfg):
         if op == "linear_add":
             return lambda x, w: linear_add_triton(x[0], w, x[1], config=cfg).hidden
         if op in ("rms_norm_linear", "rms_norm_gate_silu"):
             return lambda x, w: rms_norm_linear_triton(stream(x), norm_w, 1e-6, w, silu_mul=silu, config=cfg)[0]
+        if silu:
+            return lambda x, w: linear_silu_mul_triton(x[0], w, config=cfg)
         return lambda x, w: linear_triton(x[0], w, config=cfg)
 
     def pct(us, m):  # share of the copy rate: weight + x read, y written

@@ -5,6 +5,7 @@
 #   kerneltests  the kernel tests alone (linear, attention, norm), compiled on the GPU
 #   gputests     only the tests marked gpu (ops, graphs, engine against HF): a quicker "tests"
 #   attn_sweep   benchmarks/decode_attention_sweep.py: split count, split length, merge mode
+#   attn_fused   benchmarks/decode_attention_sweep.py --fused: q/k-norm + RoPE folded into attention or not
 #   norm_sweep   benchmarks/gemv_sweep.py for the fused forms only (add epilogue, norm prologue,
 #                silu epilogue), M = 1 and 2
 #   tp06         benchmarks/throughput.py, 0.6B, Ember alone
@@ -30,12 +31,14 @@ for step in "$@"; do
   case $step in
     tests) timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/gpu tests/engine \
              2>&1 | tee "$OUT/pytest_gpu.log" | tail -6 ;;
-    gputests) timeout 480 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/gpu tests/engine \
+    gputests) timeout ${GPUTESTS_TIMEOUT:-480} python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/gpu tests/engine \
              2>&1 | tee "$OUT/pytest_gpu.log" | tail -6 ;;
     kerneltests) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/ops/test_linear.py \
              tests/ops/test_attention.py tests/ops/test_norm.py 2>&1 | tee "$OUT/pytest_kernels.log" | tail -6 ;;
     attn_sweep) timeout 300 python3 benchmarks/decode_attention_sweep.py --out "$OUT/decode_attention_sweep.json" \
              2>&1 | tee "$OUT/decode_attention_sweep.txt" | grep -v "^      " ;;
+    attn_fused) timeout 150 python3 benchmarks/decode_attention_sweep.py --fused --batch-sizes 1,32 \
+             --contexts 128,2048 --out "$OUT/attn_fused.json" 2>&1 | tee "$OUT/attn_fused.txt" | grep -v "^      " ;;
     norm_sweep) timeout 300 python3 benchmarks/gemv_sweep.py --models 0.6B,8B --ms 1,2 \
              --ops linear_add,rms_norm_linear,rms_norm_gate_silu \
              --out "$OUT/norm_sweep.json" 2>&1 | tee "$OUT/norm_sweep.txt" | tail -50 ;;

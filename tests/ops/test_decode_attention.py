@@ -1,4 +1,5 @@
-"""Paged decode attention (split-K): the Triton kernels against the PyTorch reference.
+"""Paged decode attention (split-K): the Triton kernels against the PyTorch reference, and the
+fused q/k-norm + RoPE + KV store + attention against the two kernels it replaces (bitwise in the interpreter, close on the GPU).
 
 Without a GPU the kernels run on CPU tensors in Triton's interpreter (slow: small shapes);
 with one, the same cases run compiled on CUDA, plus realistic shapes marked ``gpu``.
@@ -6,15 +7,28 @@ with one, the same cases run compiled on CUDA, plus realistic shapes marked ``gp
 
 import pytest
 import torch
-from paged_attention_cases import HAS_CUDA, assert_close, assert_not_specialised, make_decode, make_scratch
+from paged_attention_cases import (
+    DEVICE,
+    HAS_CUDA,
+    assert_close,
+    assert_not_specialised,
+    make_decode,
+    make_paged_kv,
+    make_scratch,
+)
 
 from ember.ops import decode_attention
 from ember.ops.decode_attention import (
+    decode_merge_mode,
     decode_num_splits,
+    norm_rope_decode_attention,
+    norm_rope_decode_attention_reference,
+    norm_rope_decode_attention_triton,
     paged_decode_attention,
     paged_decode_attention_reference,
     paged_decode_attention_triton,
 )
+from ember.ops.rope import build_rope_cache, qk_norm_rope_store_kv_triton
 
 
 def test_kernel_accepts_strided_q():
@@ -151,6 +165,151 @@ def test_kernel_does_not_specialise_on_the_block_table_width():
     assert_not_specialised(decode_attention._decode_split_kernel, "stride_bt_seq")  # see test_attention.py
 
 
+# ---------------------------------------------------------------- fused q/k-norm + RoPE + KV store
+EPS = 1e-6
+
+
+def make_norm_rope_decode(ctx_lens, num_q_heads, num_kv_heads, head_dim, dtype, block_size, seed=0):
+    """Decode inputs as the layer passes them: raw q/k/v as strided views of one qkv row per
+    sequence, norm weights, cos_sin, positions ctx_len - 1 and the new token's slot (-1 and
+    position 0 for a padding row, ctx_len 0). Returns (rope_args, attention_args); the caches
+    in them are the ones to compare (clone before a second run).
+
+    Raw q and k are multiples of 1/8 up to 3 (fill_exact_sums): their squares then sum exactly in
+    fp32 in any order. Compiled, the two kernels reduce a head's squares in different orders
+    (their tiles get different layouts), which with general values rounds the variance
+    differently now and then; with these, any difference is a real one."""
+    k_cache, v_cache, block_tables, _ = make_paged_kv(ctx_lens, block_size, num_kv_heads, head_dim, dtype, seed)
+    gen = torch.Generator().manual_seed(seed + 2)
+    width = (num_q_heads + 2 * num_kv_heads) * head_dim
+    qkv = torch.randn(len(ctx_lens), width, generator=gen) * 3
+    fill_exact_sums(qkv[:, : (num_q_heads + num_kv_heads) * head_dim], gen)
+    qkv = qkv.to(dtype).to(DEVICE)
+    q, k, v = qkv.split([num_q_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim], dim=-1)
+    q = q.view(-1, num_q_heads, head_dim)
+    k, v = k.view(-1, num_kv_heads, head_dim), v.view(-1, num_kv_heads, head_dim)
+    q_norm_weight, k_norm_weight = (1 + 0.1 * torch.randn(2, head_dim, generator=gen)).to(dtype).to(DEVICE)
+    cos_sin = build_rope_cache(head_dim, max(ctx_lens) + 1, 1_000_000.0, None, DEVICE)
+    positions = torch.tensor([max(n - 1, 0) for n in ctx_lens], device=DEVICE)
+    tables = block_tables.cpu()
+    slots = torch.tensor([-1 if n == 0 else int(tables[b, (n - 1) // block_size]) * block_size + (n - 1) % block_size
+                          for b, n in enumerate(ctx_lens)], device=DEVICE)
+    ctx = torch.tensor(ctx_lens, dtype=torch.int32, device=DEVICE)
+    rope_args = (q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions, k_cache, v_cache, slots, EPS)
+    return rope_args, (block_tables, ctx, head_dim**-0.5)
+
+
+def fill_exact_sums(x, gen=None):
+    """x[:] = random multiples of 1/8 in [-3, 3], exact in every dtype, as are the sums of their squares."""
+    x.copy_(torch.randint(-24, 25, x.shape, generator=gen).to(x.dtype) / 8)
+
+
+def with_caches(rope_args, k_cache, v_cache):
+    return (*rope_args[:7], k_cache, v_cache, *rope_args[9:])
+
+
+def run_unfused(rope_args, attn_args, **kwargs):
+    """The two kernels the fused op replaces, on copies of the caches: (out, k_cache, v_cache)."""
+    k_cache, v_cache = rope_args[7].clone(), rope_args[8].clone()
+    q = qk_norm_rope_store_kv_triton(*with_caches(rope_args, k_cache, v_cache))
+    return paged_decode_attention_triton(q, k_cache, v_cache, *attn_args, **kwargs), k_cache, v_cache
+
+
+def run_fused(rope_args, attn_args, **kwargs):
+    k_cache, v_cache = rope_args[7].clone(), rope_args[8].clone()
+    out = norm_rope_decode_attention_triton(*with_caches(rope_args, k_cache, v_cache), *attn_args, **kwargs)
+    return out, k_cache, v_cache
+
+
+def assert_matches_unfused(fused, unfused):
+    """(out, k_cache, v_cache) equal bitwise in the interpreter. Compiled, only v_cache is (a copy):
+    the fused launch's rope and attention are compiled together, and on an H200 about 1 in 1,000 of
+    the new K values and ~5-10% of the bf16 outputs came out one rounding apart from the unfused
+    kernels' even on inputs whose sums are exact (compiled fp32 also runs without FMA contraction
+    for the rope's sake); there they must be close."""
+    for name, a, b in zip(("v_cache", "k_cache", "out"), (fused[2], fused[1], fused[0]),
+                          (unfused[2], unfused[1], unfused[0])):
+        if name != "v_cache" and a.is_cuda:
+            assert_close(a, b, a.dtype)
+        else:
+            assert torch.equal(a, b), f"{name}: {(a != b).sum().item()} elements differ"
+
+
+# Mixed lengths: a padding row (slot -1, ctx_len 0), ctx_len 1, the new token last of the first
+# key tile, first of the second, in the third (with 3 splits of >= 64 keys: the new token in split
+# 0, 1 and 2, and empty tail splits).
+FUSED_CTX_LENS = [0, 1, 64, 65, 150]
+
+
+# Each dtype with GQA groups 1 and 4, one split and both merge modes (the interpreter is slow:
+# a covering set, not the full product).
+@pytest.mark.parametrize("dtype,num_q_heads,num_kv_heads,num_splits,merge", [
+    (torch.float32, 2, 2, 1, None),
+    (torch.bfloat16, 4, 1, 1, None),
+    (torch.float32, 8, 2, 3, "kernel"),
+    (torch.bfloat16, 2, 2, 3, "kernel"),
+    (torch.bfloat16, 4, 1, 3, "launch"),
+    (torch.float32, 1, 1, 3, "launch"),
+])
+def test_fused_norm_rope_equals_the_two_kernels(dtype, num_q_heads, num_kv_heads, num_splits, merge):
+    rope_args, attn_args = make_norm_rope_decode(FUSED_CTX_LENS, num_q_heads, num_kv_heads, 32, dtype,
+                                                 block_size=16, seed=51)
+    workspace, counters = make_scratch(len(FUSED_CTX_LENS), num_q_heads, num_kv_heads, 32, num_splits)
+    scratch = dict(workspace=workspace, counters=counters, num_splits=num_splits, merge=merge)
+    fused = run_fused(rope_args, attn_args, **scratch)
+    assert (counters == 0).all()
+    assert_matches_unfused(fused, run_unfused(rope_args, attn_args, **scratch))
+    assert (fused[0][0] == 0).all()  # the padding row
+    # The reference, on its own copies of the caches.
+    k_cache, v_cache = rope_args[7].clone(), rope_args[8].clone()
+    expected = norm_rope_decode_attention_reference(*with_caches(rope_args, k_cache, v_cache), *attn_args)
+    atol = 2**-3 if dtype == torch.bfloat16 else 1e-5  # the interpreter truncates bf16: see test_rope.py
+    torch.testing.assert_close(fused[1], k_cache, atol=atol, rtol=0)
+    assert torch.equal(fused[2], v_cache)
+    assert_close(fused[0], expected, dtype)
+
+
+def test_fused_norm_rope_default_splits_and_dispatch():
+    # The engine's call: default split count and merge mode (several splits here), through the
+    # dispatcher; the caches differ from the inputs exactly at the new tokens' slots.
+    ctx_lens = [3, 0, 130]
+    rope_args, attn_args = make_norm_rope_decode(ctx_lens, 4, 2, 32, torch.float32, block_size=8, seed=53)
+    assert decode_num_splits(3, 2, attn_args[0].shape[1], 8) > 1
+    fused = run_fused(rope_args, attn_args)
+    assert_matches_unfused(fused, run_unfused(rope_args, attn_args))
+    slots = rope_args[9]
+    changed = (fused[1] != rope_args[7]).flatten(0, 1).any(-1).any(-1).nonzero().flatten()
+    assert changed.tolist() == sorted(slots[slots >= 0].tolist())
+    k_cache, v_cache = rope_args[7].clone(), rope_args[8].clone()
+    out = norm_rope_decode_attention(*with_caches(rope_args, k_cache, v_cache), *attn_args)
+    if not HAS_CUDA:  # the reference on CPU tensors
+        assert_close(out, fused[0], torch.float32)
+        torch.testing.assert_close(k_cache, fused[1], atol=1e-5, rtol=0)
+        assert torch.equal(v_cache, fused[2])
+    else:
+        assert_matches_unfused((out, k_cache, v_cache), fused)
+
+
+def test_layer_decode_runs_the_fused_kernel(monkeypatch):
+    # PagedAttention's decode branch passes the raw q/k/v views and the metadata in the right
+    # places: with the kernels forced on (CPU tensors would take the references), it gives the
+    # two kernels' results bitwise.
+    from ember.layers.attention import AttentionMetadata, PagedAttention
+
+    ctx_lens = [0, 9, 70]
+    rope_args, (tables, ctx, scale) = make_norm_rope_decode(ctx_lens, 4, 2, 32, torch.bfloat16, block_size=8,
+                                                            seed=57)
+    q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions, k_cache, v_cache, slots, eps = rope_args
+    layer = PagedAttention(4, 2, 32, eps)
+    layer.k_cache, layer.v_cache = k_cache.clone(), v_cache.clone()
+    meta = AttentionMetadata(is_prefill=False, slot_mapping=slots, context_lens=ctx, block_tables=tables,
+                             decode_num_splits=2)
+    monkeypatch.setattr(decode_attention, "use_triton", lambda t: True)
+    out = layer(q.flatten(1), k.flatten(1), v.flatten(1), q_norm_weight, k_norm_weight, cos_sin, positions, meta)
+    expected = run_unfused(rope_args, (tables, ctx, scale), num_splits=2)
+    assert_matches_unfused((out.view(-1, 4, 32), layer.k_cache, layer.v_cache), expected)
+
+
 # ---------------------------------------------------------------- realistic shapes on a GPU
 needs_gpu = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
 GPU_DTYPES = [torch.bfloat16, torch.float16]
@@ -216,3 +375,68 @@ def test_gpu_decode_single_launch_merge_is_race_free(ctx_lens):
     assert (counters == 0).all()
 
 
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("num_q_heads", [16, 32])  # Qwen3-0.6B and -8B: 8 kv heads, head_dim 128
+def test_gpu_fused_norm_rope_matches_and_graph_replay(num_q_heads):
+    # Eagerly at one split, the engine's split count and merge mode, and the other merge mode.
+    ctx_lens = [8192, 0, 1, 16, 17, 64, 65, 3000]
+    rope_args, attn_args = make_norm_rope_decode(ctx_lens, num_q_heads, 8, 128, torch.bfloat16, 16, seed=61)
+    auto = decode_num_splits(len(ctx_lens), 8, attn_args[0].shape[1], 16)
+    assert auto > 1
+    other = "kernel" if decode_merge_mode(auto) == "launch" else "launch"
+    for num_splits, merge in [(1, None), (auto, None), (auto, other)]:
+        assert_matches_unfused(run_fused(rope_args, attn_args, num_splits=num_splits, merge=merge),
+                               run_unfused(rope_args, attn_args, num_splits=num_splits, merge=merge))
+
+    # General raw values: the variance may round differently now and then (see
+    # make_norm_rope_decode), so only a few elements (1 ulp in k) may differ; v is a copy.
+    q, k = rope_args[0], rope_args[1]
+    q.normal_().mul_(3)
+    k.normal_().mul_(3)
+    fused, unfused = run_fused(rope_args, attn_args), run_unfused(rope_args, attn_args)
+    assert torch.equal(fused[2], unfused[2])
+    assert (fused[1] != unfused[1]).float().mean().item() < 1e-2  # k: a few last-bit differences
+    for a, b in zip(fused[:2], unfused[:2]):
+        assert_close(a, b, torch.bfloat16)
+
+    # CUDA graphs, as the decode step runs them: the two kernels and the fused op each captured
+    # on their own caches, sharing the inputs, which change in place between replays.
+    ctx_lens = [8192] * 4
+    rope_args, (tables, ctx, scale) = make_norm_rope_decode(ctx_lens, num_q_heads, 8, 128, torch.bfloat16, 16,
+                                                            seed=67)
+    q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions, k_cache, v_cache, slots, eps = rope_args
+    num_splits = decode_num_splits(4, 8, tables.shape[1], 16)
+    caches = {name: (k_cache.clone(), v_cache.clone()) for name in ("unfused", "fused")}
+    scratch = {name: dict(zip(("workspace", "counters"), make_scratch(4, num_q_heads, 8, 128, num_splits)),
+                          num_splits=num_splits) for name in caches}
+
+    def unfused_step():
+        q_normed = qk_norm_rope_store_kv_triton(q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions,
+                                                *caches["unfused"], slots, eps)
+        return paged_decode_attention_triton(q_normed, *caches["unfused"], tables, ctx, scale, **scratch["unfused"])
+
+    def fused_step():
+        return norm_rope_decode_attention_triton(q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions,
+                                                 *caches["fused"], slots, eps, tables, ctx, scale, **scratch["fused"])
+
+    unfused_step(), fused_step()  # compile outside the capture
+    graphs = {name: torch.cuda.CUDAGraph() for name in caches}
+    outs = {}
+    for name, step in (("unfused", unfused_step), ("fused", fused_step)):
+        with torch.cuda.graph(graphs[name]):
+            outs[name] = step()
+    gen = torch.Generator().manual_seed(71)
+    for lens in ([17, 8000, 1, 4096], [0, 65, 8192, 3], [64, 1, 0, 129]):
+        tables.copy_(tables.flip(0))
+        ctx.copy_(torch.tensor(lens, dtype=torch.int32))
+        positions.copy_((ctx.long() - 1).clamp(min=0))
+        rows = tables[torch.arange(4, device=DEVICE), positions // 16].long()
+        slots.copy_(torch.where(ctx > 0, rows * 16 + positions % 16, -1))
+        fill_exact_sums(q, gen)
+        fill_exact_sums(k, gen)
+        v.normal_()
+        for graph in graphs.values():
+            graph.replay()
+        assert_matches_unfused((outs["fused"], *caches["fused"]), (outs["unfused"], *caches["unfused"]))
+        assert all((s["counters"] == 0).all() for s in scratch.values())

@@ -3,6 +3,15 @@
 The keys are split across programs (split-K) so that even batch 1 keeps every SM reading the
 cache; the partials are merged in the same launch or a second one (``decode_merge_mode``). The
 paged layout and the shared tile step are in ``ops/paged_kv.py``.
+
+``norm_rope_decode_attention`` folds ``ops.rope.qk_norm_rope_store_kv`` into the split kernel:
+one launch per layer fewer at decode, where each launch costs ~1-2 us of latency even under CUDA
+graphs with PDL. Each split program forms its group's q itself (RMSNorm + RoPE of the raw q);
+the one program per (sequence, kv head) whose split holds the new token stores its K/V into the
+cache before reading it. Every rounding is the two kernels' (bitwise equal in the interpreter);
+compiled, only the fp32 sum of a head's squares may differ in its last bit now and then, as the
+tiles' layouts (so the reduction orders) differ, as they already do in the rope kernel between
+fewer and more than 64 tokens.
 """
 
 import math
@@ -14,6 +23,7 @@ from torch import Tensor
 
 from ember.ops.dispatch import pdl_enabled, pdl_sync, use_triton
 from ember.ops.paged_kv import attend_reference, attend_tile, check_inputs, gather_kv
+from ember.ops.rope import _norm_rope_heads, qk_norm_rope_store_kv_reference
 
 # ---------------------------------------------------------------- tunables (H100 / H200)
 DECODE_BLOCK_N = 64  # key tokens per tile
@@ -81,18 +91,73 @@ def decode_counters_numel(batch_size: int, num_kv_heads: int) -> int:
 # The merge loads use .cg (L2, never a stale L1 line) as a belt-and-braces measure. The
 # reset needs no ordering inside the launch (all num_splits increments have happened); the
 # kernel boundary publishes it to the next launch on the stream.
+#
+# NORM_ROPE (norm_rope_decode_attention): the new token's K/V are stored by the one program per
+# (sequence, kv head) whose split holds position ctx_len - 1, before its tile loop; bar.sync
+# orders its threads' global stores before their loads of the slot (the tile loads are cp.async
+# after the barrier; the caches are stored through, so no read-only .nc path). No other program
+# reads that slot: the other splits end before it, and every kv head has its own writer and columns.
+@triton.jit
+def _rope_cos_sin(cos_sin_ptr, positions_ptr, seq, HALF_DIM: tl.constexpr, dtype: tl.constexpr):
+    """[1, HALF_DIM] cos and sin at the sequence's position, rounded to the model dtype as HF does."""
+    half = tl.arange(0, HALF_DIM)[None, :]
+    row = cos_sin_ptr + tl.load(positions_ptr + seq).to(tl.int64) * (2 * HALF_DIM)
+    cos = tl.load(row + half).to(dtype).to(tl.float32)
+    sin = tl.load(row + HALF_DIM + half).to(dtype).to(tl.float32)
+    return cos, sin
+
+
+@triton.jit
+def _store_new_kv(k_ptr, v_ptr, k_norm_weight_ptr, cos_sin_ptr, positions_ptr, slot_mapping_ptr, k_cache_ptr,
+                  v_cache_ptr, seq, kv_head, eps, stride_k_seq, stride_k_head, stride_v_seq, stride_v_head,
+                  stride_kv_block, stride_kv_offset, stride_kv_head,
+                  BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """NORM_ROPE: the new token's normed+roped k and its v for one kv head into the cache at
+    slot_mapping[seq] (nothing for a negative slot), as _qk_norm_rope_store_kv_kernel stores them;
+    then a CTA barrier, so that the program's own later loads of that slot see the stores."""
+    slot = tl.load(slot_mapping_ptr + seq).to(tl.int64)
+    if slot >= 0:
+        HALF_DIM: tl.constexpr = HEAD_DIM // 2
+        dtype = k_ptr.dtype.element_ty
+        half = tl.arange(0, HALF_DIM)[None, :]
+        cos, sin = _rope_cos_sin(cos_sin_ptr, positions_ptr, seq, HALF_DIM, dtype)
+        src = k_ptr + seq.to(tl.int64) * stride_k_seq + kv_head * stride_k_head
+        k1, k2 = _norm_rope_heads(src, k_norm_weight_ptr, half, half < HALF_DIM, cos, sin, eps, HALF_DIM, dtype)
+        dst = (slot // BLOCK_SIZE) * stride_kv_block + (slot % BLOCK_SIZE) * stride_kv_offset + kv_head * stride_kv_head
+        tl.store(k_cache_ptr + dst + half, k1.to(k_cache_ptr.dtype.element_ty))
+        tl.store(k_cache_ptr + dst + HALF_DIM + half, k2.to(k_cache_ptr.dtype.element_ty))
+        offs_d = tl.arange(0, HEAD_DIM)
+        v = tl.load(v_ptr + seq.to(tl.int64) * stride_v_seq + kv_head * stride_v_head + offs_d)
+        tl.store(v_cache_ptr + dst + offs_d, v.to(v_cache_ptr.dtype.element_ty))
+        tl.debug_barrier()  # every thread's stores before any thread's loads of the tile loop
+
+
 @triton.jit
 def _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start, end, qk_scale,
                   stride_q_seq, stride_q_head, stride_kv_block, stride_kv_offset, stride_kv_head,
+                  q_norm_weight_ptr, cos_sin_ptr, positions_ptr, eps,
                   GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  BLOCK_N: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """Unnormalised (acc, max, sum) of the GQA group's query heads over keys [start, end)."""
+                  BLOCK_N: tl.constexpr, UPCAST_DOT: tl.constexpr, NORM_ROPE: tl.constexpr):
+    """Unnormalised (acc, max, sum) of the GQA group's query heads over keys [start, end).
+
+    NORM_ROPE: q_ptr holds the raw q, which is RMS-normed and roped here exactly as
+    _qk_norm_rope_store_kv_kernel does it (same rounded halves), then put back together."""
     # All query heads of the group share the K/V tiles; rows past the group are padding.
     offs_h = tl.arange(0, BLOCK_H)
     heads = kv_head * GROUP + offs_h
-    offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(q_ptr + seq.to(tl.int64) * stride_q_seq + heads[:, None] * stride_q_head + offs_d[None, :],
-                mask=(offs_h < GROUP)[:, None], other=0.0)
+    q_rows = q_ptr + seq.to(tl.int64) * stride_q_seq + heads[:, None] * stride_q_head
+    if NORM_ROPE:
+        HALF_DIM: tl.constexpr = HEAD_DIM // 2
+        dtype = q_ptr.dtype.element_ty
+        half = tl.arange(0, HALF_DIM)[None, :]
+        cos, sin = _rope_cos_sin(cos_sin_ptr, positions_ptr, seq, HALF_DIM, dtype)
+        mask = (offs_h < GROUP)[:, None] & (half < HALF_DIM)
+        q1, q2 = _norm_rope_heads(q_rows, q_norm_weight_ptr, half, mask, cos, sin, eps, HALF_DIM, dtype)
+        # [BLOCK_H, 2, HALF_DIM] -> [BLOCK_H, HEAD_DIM]: the same q tile (padding rows zero) that the
+        # unfused path loads, so the dots below are the same dots.
+        q = tl.reshape(tl.permute(tl.join(q1, q2), (0, 2, 1)), (BLOCK_H, HEAD_DIM))
+    else:
+        q = tl.load(q_rows + tl.arange(0, HEAD_DIM)[None, :], mask=(offs_h < GROUP)[:, None], other=0.0)
     if UPCAST_DOT:
         q = q.to(tl.float32)
     m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
@@ -149,13 +214,18 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_p
                          counters_ptr, block_tables_ptr, context_lens_ptr, qk_scale, min_tokens_per_split,
                          stride_q_seq, stride_q_head, stride_kv_block, stride_kv_offset, stride_kv_head,
                          stride_bt_seq,
+                         # NORM_ROPE only (else dummies, never read): the raw k/v, norms, rope, slots
+                         k_ptr, v_ptr, q_norm_weight_ptr, k_norm_weight_ptr, cos_sin_ptr, positions_ptr,
+                         slot_mapping_ptr, stride_k_seq, stride_k_head, stride_v_seq, stride_v_head, eps,
                          NUM_Q_HEADS: tl.constexpr, GROUP: tl.constexpr, BLOCK_H: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                          NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, MERGE_CHUNK: tl.constexpr,
-                         MERGE_IN_KERNEL: tl.constexpr, UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr):
+                         MERGE_IN_KERNEL: tl.constexpr, UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr,
+                         NORM_ROPE: tl.constexpr):
     # Every program, empty split or not, waits before its first access: context lengths, block
     # tables, q, the KV cache (the previous kernel stored this step's K/V), the partials and the
-    # counters (the previous launch's last program resets them) all follow earlier work.
+    # counters (the previous launch's last program resets them) all follow earlier work. With
+    # NORM_ROPE, q/k/v, positions and slots come from earlier kernels too, and the cache is written.
     if USE_PDL:
         pdl_sync()
     seq = tl.program_id(0)
@@ -171,11 +241,19 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_p
     head_valid = offs_h < GROUP
     first_row = seq.to(tl.int64) * NUM_Q_HEADS + kv_head * GROUP
     rows = first_row + offs_h
+    if NORM_ROPE:
+        # The new token (position ctx_len - 1) is the last key of the last non-empty split: that
+        # program alone stores its K/V (none for context_len 0), and only it reads that slot.
+        if (start < end) & (end == ctx_len):
+            _store_new_kv(k_ptr, v_ptr, k_norm_weight_ptr, cos_sin_ptr, positions_ptr, slot_mapping_ptr,
+                          k_cache_ptr, v_cache_ptr, seq, kv_head, eps, stride_k_seq, stride_k_head, stride_v_seq,
+                          stride_v_head, stride_kv_block, stride_kv_offset, stride_kv_head, BLOCK_SIZE, HEAD_DIM)
 
     if NUM_SPLITS == 1:  # nothing to merge: write the output directly (zeros for context_len 0)
         acc, m_i, l_i = _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start, end,
                                       qk_scale, stride_q_seq, stride_q_head, stride_kv_block, stride_kv_offset,
-                                      stride_kv_head, GROUP, BLOCK_H, BLOCK_SIZE, HEAD_DIM, BLOCK_N, UPCAST_DOT)
+                                      stride_kv_head, q_norm_weight_ptr, cos_sin_ptr, positions_ptr, eps,
+                                      GROUP, BLOCK_H, BLOCK_SIZE, HEAD_DIM, BLOCK_N, UPCAST_DOT, NORM_ROPE)
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(out_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=head_valid[:, None])
@@ -183,8 +261,9 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_p
         if start < end:  # a short sequence's tail splits (all splits of a padding row) store nothing
             acc, m_i, l_i = _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start,
                                           end, qk_scale, stride_q_seq, stride_q_head, stride_kv_block,
-                                          stride_kv_offset, stride_kv_head, GROUP, BLOCK_H, BLOCK_SIZE, HEAD_DIM,
-                                          BLOCK_N, UPCAST_DOT)
+                                          stride_kv_offset, stride_kv_head, q_norm_weight_ptr, cos_sin_ptr,
+                                          positions_ptr, eps, GROUP, BLOCK_H, BLOCK_SIZE, HEAD_DIM, BLOCK_N,
+                                          UPCAST_DOT, NORM_ROPE)
             partial = rows * NUM_SPLITS + split
             tl.store(partial_acc_ptr + partial[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=head_valid[:, None])
             tl.store(partial_stats_ptr + partial * 2, m_i, mask=head_valid)
@@ -228,6 +307,36 @@ def paged_decode_attention_triton(
     all zero on entry, and left all zero); either one left out is allocated per call.
     ``min_tokens_per_split`` and ``merge`` override DECODE_MIN_TOKENS_PER_SPLIT and
     decode_merge_mode (for the tuning sweep)."""
+    return _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, None, workspace, num_splits,
+                             counters, min_tokens_per_split, merge)
+
+
+def norm_rope_decode_attention_triton(
+    q: Tensor, k: Tensor, v: Tensor, q_norm_weight: Tensor, k_norm_weight: Tensor, cos_sin: Tensor,
+    positions: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor, eps: float,
+    block_tables: Tensor, context_lens: Tensor, scale: float,
+    *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
+    min_tokens_per_split: int | None = None, merge: str | None = None,
+) -> Tensor:
+    """``qk_norm_rope_store_kv_triton`` then ``paged_decode_attention_triton`` in one launch (two in
+    merge mode "launch"), bitwise: see norm_rope_decode_attention. Scratch and overrides as there."""
+    num_kv_heads = k_cache.shape[2]
+    assert k.shape == v.shape == (q.shape[0], num_kv_heads, q.shape[2]), (q.shape, k.shape, v.shape)
+    assert k.stride(2) == v.stride(2) == 1, "head_dim must be contiguous"
+    assert q.dtype == k.dtype == v.dtype == q_norm_weight.dtype == k_norm_weight.dtype, \
+        "q/k/v and the norm weights must share a dtype"
+    assert cos_sin.dtype == torch.float32 and cos_sin.is_contiguous() and cos_sin.shape[1] == q.shape[2]
+    assert positions.shape == slot_mapping.shape == context_lens.shape == (q.shape[0],)
+    norm_rope = (k, v, q_norm_weight.contiguous(), k_norm_weight.contiguous(), cos_sin, positions.contiguous(),
+                 slot_mapping.contiguous(), eps)
+    return _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, norm_rope, workspace, num_splits,
+                             counters, min_tokens_per_split, merge)
+
+
+def _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, norm_rope, workspace, num_splits,
+                      counters, min_tokens_per_split, merge) -> Tensor:
+    """The launches of both ops; ``norm_rope`` = (k, v, q_norm_weight, k_norm_weight, cos_sin, positions,
+    slot_mapping, eps) for the fused one, else None."""
     group, block_size, head_dim, upcast_dot = check_inputs(q, k_cache, v_cache, block_tables)
     batch_size, num_q_heads, _ = q.shape
     num_kv_heads = k_cache.shape[2]
@@ -264,14 +373,34 @@ def paged_decode_attention_triton(
     merge_chunk = min(triton.next_power_of_2(num_splits), 1 << (per_step.bit_length() - 1))
     use_pdl = pdl_enabled(q.device)
     qk_scale = scale * math.log2(math.e)
+    options = {}
+    if norm_rope is None:  # dummies for the NORM_ROPE arguments, never read
+        k, v, q_norm_weight, k_norm_weight, cos_sin, positions, slot_mapping, eps = (q, q, q, q, q, context_lens,
+                                                                                     context_lens, 0.0)
+    else:
+        k, v, q_norm_weight, k_norm_weight, cos_sin, positions, slot_mapping, eps = norm_rope
+        # FMA contraction (the rope kernel runs with enable_fp_fusion=False; the attention with
+        # it). In 16-bit dtypes a cast stands between every rope product and sum; all that can
+        # contract is x*x into the sum of squares and sum/D + eps, both exact products (16-bit
+        # squares, a power of two), so the flag changes nothing there (sm_90 SASS of the rope
+        # kernel: FFMAs only at those two) and the launch keeps the attention's FMAs, which the
+        # flag would split (28 FFMAs: exp2 argument, rescales) and so change the attention. In
+        # fp32 the casts are no-ops: the flag is needed for the rope kernel's q and cached k, and
+        # the attention's last bits then differ from the unfused kernel's (well within tolerance).
+        # The cache is what must agree exactly: prefill writes it through the rope kernel.
+        if q.dtype == torch.float32:
+            options["enable_fp_fusion"] = False
     _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
         q, k_cache, v_cache, out, partial_acc, partial_stats, counters, block_tables, context_lens,
         qk_scale, min_tokens, q.stride(0), q.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        k, v, q_norm_weight, k_norm_weight, cos_sin, positions, slot_mapping,
+        k.stride(0), k.stride(1), v.stride(0), v.stride(1), eps,
         NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_H=max(DECODE_MIN_ROWS, triton.next_power_of_2(group)),
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits,
         BLOCK_G=block_g, MERGE_CHUNK=merge_chunk, MERGE_IN_KERNEL=merge_in_kernel, UPCAST_DOT=upcast_dot,
-        USE_PDL=use_pdl, num_warps=DECODE_NUM_WARPS, num_stages=DECODE_NUM_STAGES, launch_pdl=use_pdl)
+        USE_PDL=use_pdl, NORM_ROPE=norm_rope is not None, num_warps=DECODE_NUM_WARPS,
+        num_stages=DECODE_NUM_STAGES, launch_pdl=use_pdl, **options)
     if num_splits > 1 and not merge_in_kernel:
         _decode_merge_kernel[(batch_size, num_q_heads)](
             out, partial_acc, partial_stats, context_lens, min_tokens,
@@ -302,3 +431,30 @@ def paged_decode_attention(
     return impl(q, k_cache, v_cache, block_tables, context_lens, scale, workspace=workspace, num_splits=num_splits,
                 counters=counters)
 
+
+def norm_rope_decode_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, q_norm_weight: Tensor, k_norm_weight: Tensor, cos_sin: Tensor,
+    positions: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor, eps: float,
+    block_tables: Tensor, context_lens: Tensor, scale: float,
+    *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
+) -> Tensor:
+    q = qk_norm_rope_store_kv_reference(q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions, k_cache, v_cache,
+                                        slot_mapping, eps)
+    return paged_decode_attention_reference(q, k_cache, v_cache, block_tables, context_lens, scale)
+
+
+def norm_rope_decode_attention(
+    q: Tensor, k: Tensor, v: Tensor, q_norm_weight: Tensor, k_norm_weight: Tensor, cos_sin: Tensor,
+    positions: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor, eps: float,
+    block_tables: Tensor, context_lens: Tensor, scale: float,
+    *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
+) -> Tensor:
+    """``qk_norm_rope_store_kv`` then ``paged_decode_attention``, for decode (one new token per
+    sequence, at position context_lens - 1): q/k/v are the raw [B, Hq, D], [B, Hkv, D], [B, Hkv, D]
+    (strided views, head_dim contiguous); the new token's normed+roped k and v go to the cache at
+    ``slot_mapping`` (slot < 0: not written) and the attention output [B, Hq, D] comes back.
+    The kernel path saves the rope launch and rounds exactly as the two kernels do (see the
+    module docstring for the one difference compiled: the order of the norm's sum)."""
+    impl = norm_rope_decode_attention_triton if use_triton(q) else norm_rope_decode_attention_reference
+    return impl(q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions, k_cache, v_cache, slot_mapping, eps,
+                block_tables, context_lens, scale, workspace=workspace, num_splits=num_splits, counters=counters)

@@ -49,6 +49,11 @@ class SkinnyConfig(NamedTuple):
     num_warps: int
     num_stages: int
     dot: bool  # tensor cores (x padded to 16 rows) or CUDA-core FMAs
+    # With dot: x as the product's left operand (acc^T = x W^T). On sm_90 a 64-row W tile on the
+    # left makes it a wgmma whose right operand (x) must sit in shared memory, which costs an x
+    # round trip through it every K step when a prologue computes x in registers; with x on the
+    # left, M < 64 rows make it an mma that reads both operands from registers.
+    x_left: bool = False
 
 
 # What rides along with the product (see the module docstring); each table key names one.
@@ -88,7 +93,7 @@ def skinny_config(m: int, n: int, k: int, op: str = "linear") -> SkinnyConfig | 
 # ---------------------------------------------------------------------------------------- kernel
 @triton.jit
 def _weight_product(acc, w_rows, cols, k_end, x, EVEN_K: tl.constexpr, DOT: tl.constexpr,
-                    UPCAST_DOT: tl.constexpr):
+                    UPCAST_DOT: tl.constexpr, X_LEFT: tl.constexpr):
     """acc += W[rows, cols] x[:, cols]^T: acc [BLOCK_N, BLOCK_M] with DOT, else per-lane partial
     sums [BLOCK_N, BLOCK_M, BLOCK_K], reduced once after the loop rather than every step."""
     if EVEN_K:
@@ -100,7 +105,10 @@ def _weight_product(acc, w_rows, cols, k_end, x, EVEN_K: tl.constexpr, DOT: tl.c
             w = w.to(tl.float32)
             x = x.to(tl.float32)
         # "ieee" only matters for fp32 operands: keeps them exact instead of tf32.
-        acc = tl.dot(w, tl.trans(x), acc, input_precision="ieee")
+        if X_LEFT:  # acc is [BLOCK_M, BLOCK_N] here
+            acc = tl.dot(x, tl.trans(w), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(w, tl.trans(x), acc, input_precision="ieee")
     else:
         acc += w.to(tl.float32)[:, None, :] * x.to(tl.float32)[None, :, :]
     return acc
@@ -134,7 +142,8 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, norm_w_
                    stats_out_ptr, eps, M, N, K, k_per_split, num_stat_blocks, w_up_offset,
                    stride_xm, stride_wn, stride_om,
                    HAS_BIAS: tl.constexpr, NORM: tl.constexpr, ADD: tl.constexpr, GATE_SILU: tl.constexpr,
-                   DOT: tl.constexpr, UPCAST_DOT: tl.constexpr, EVEN_K: tl.constexpr, SPLIT_K: tl.constexpr,
+                   DOT: tl.constexpr, X_LEFT: tl.constexpr, UPCAST_DOT: tl.constexpr, EVEN_K: tl.constexpr,
+                   SPLIT_K: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    NORM_ROWS: tl.constexpr, STAT_CHUNK: tl.constexpr,
                    USE_PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr):
@@ -180,7 +189,10 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, norm_w_
             for r in tl.static_range(NORM_ROWS):
                 rstd = tl.where(offs_m == r, tl.sum(tl.where(rows_n == r, rstd_n, 0.0), axis=0), rstd)
     if DOT:
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        if X_LEFT:
+            acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        else:
+            acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
     else:
         acc = tl.zeros((BLOCK_N, BLOCK_M, BLOCK_K), dtype=tl.float32)
     acc_up = acc  # GATE_SILU's second accumulator (unused otherwise)
@@ -192,9 +204,15 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, norm_w_
             h = (x.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32)
             nw = tl.load(norm_w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
             x = (nw[None, :] * h).to(dtype)
-        acc = _weight_product(acc, w_rows, cols, k_end, x, EVEN_K, DOT, UPCAST_DOT)
+        acc = _weight_product(acc, w_rows, cols, k_end, x, EVEN_K, DOT, UPCAST_DOT, X_LEFT)
         if GATE_SILU:
-            acc_up = _weight_product(acc_up, w_rows + w_up_offset, cols, k_end, x, EVEN_K, DOT, UPCAST_DOT)
+            acc_up = _weight_product(acc_up, w_rows + w_up_offset, cols, k_end, x, EVEN_K, DOT, UPCAST_DOT, X_LEFT)
+    if X_LEFT:  # back to [BLOCK_N, BLOCK_M] for the epilogue and the split-K partials
+        acc = tl.trans(acc)
+        if GATE_SILU:
+            acc_up = tl.trans(acc_up)
+        else:
+            acc_up = acc
     if not DOT:
         acc = tl.sum(acc, axis=2)
         if GATE_SILU:
@@ -301,7 +319,7 @@ def _launch(x, weight, bias, config: SkinnyConfig, *, norm=None, residual=None, 
         out if residual is None else residual, out if stats_out is None else stats_out, eps,
         m, n, k, k_per_split, num_stat_blocks, n * weight.stride(0), x.stride(0), weight.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, NORM=norm is not None, ADD=residual is not None, GATE_SILU=gate_silu,
-        DOT=cfg.dot, UPCAST_DOT=not x.is_cuda, EVEN_K=k_per_split % cfg.block_k == 0 and k % k_per_split == 0,
+        DOT=cfg.dot, X_LEFT=cfg.dot and cfg.x_left, UPCAST_DOT=not x.is_cuda, EVEN_K=k_per_split % cfg.block_k == 0 and k % k_per_split == 0,
         SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=cfg.block_k, NORM_ROWS=norm_rows,
         STAT_CHUNK=stat_chunk, USE_PDL=use_pdl, PREFETCH_LINES=prefetch_lines if use_pdl else 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=use_pdl,
