@@ -83,7 +83,10 @@ class PagedAttention(nn.Module):
         cos_sin: torch.Tensor,
         positions: torch.Tensor,
         meta: AttentionMetadata,
+        prefetch: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """``prefetch``: the weight read next (the o projection's); decode asks L2 for it while it
+        reads the cache (ops.decode_attention.DECODE_PREFETCH_L2_SHARE)."""
         tokens = q.shape[0]
         q = q.view(tokens, self.num_heads, self.head_dim)
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
@@ -97,12 +100,12 @@ class PagedAttention(nn.Module):
                 q, self.k_cache, self.v_cache, meta.cu_seqlens_q, meta.context_lens,
                 meta.block_tables, self.scale, meta.max_seqlen_q,
             )
-        else:  # the same two steps in one kernel (bitwise)
+        else:  # the same two steps in one kernel
             out = norm_rope_decode_attention(
                 q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions,
                 self.k_cache, self.v_cache, meta.slot_mapping, self.eps,
                 meta.block_tables, meta.context_lens, self.scale,
                 workspace=meta.decode_workspace, num_splits=meta.decode_num_splits,
-                counters=meta.decode_counters,
+                counters=meta.decode_counters, prefetch=prefetch,
             )
         return out.reshape(tokens, self.num_heads * self.head_dim)
