@@ -291,25 +291,6 @@ def test_fused_norm_rope_default_splits_and_dispatch():
         assert_matches_unfused((out, k_cache, v_cache), fused)
 
 
-@pytest.mark.skipif(HAS_CUDA, reason="interpreter test: records the prefetch addresses")
-def test_fused_prefetches_the_next_weight_into_l2(monkeypatch):
-    # The split programs together ask L2 for each 128-byte line of the weight's first
-    # DECODE_PREFETCH_L2_SHARE of L2, once, and change no result.
-    ctx_lens = [3, 0, 130]
-    rope_args, attn_args = make_norm_rope_decode(ctx_lens, 4, 2, 32, torch.bfloat16, block_size=8, seed=53)
-    weight = torch.randn(64, 200).to(torch.bfloat16)  # 25,600 bytes
-    l2_bytes = 40_000  # a fake L2: half of it is 20,000 bytes, 156 whole lines
-    lines, _ = decode_attention.prefetch_plan(weight, 12, l2_bytes)
-    assert lines == 156
-    asked = []
-    monkeypatch.setattr(decode_attention, "_can_prefetch", lambda q: True)
-    monkeypatch.setattr(decode_attention, "_l2_bytes", lambda index: l2_bytes)
-    monkeypatch.setattr(decode_attention, "l2_prefetch", lambda ptrs: asked.extend(ptrs.handle.data.tolist()))
-    fused = run_fused(rope_args, attn_args, prefetch=weight)
-    assert sorted(set(asked)) == [weight.data_ptr() + 128 * i for i in range(lines)]
-    assert_matches_unfused(fused, run_unfused(rope_args, attn_args))
-
-
 def test_layer_decode_runs_the_fused_kernel(monkeypatch):
     # PagedAttention's decode branch passes the raw q/k/v views and the metadata in the right
     # places: with the kernels forced on (CPU tensors would take the references), it gives the

@@ -83,10 +83,7 @@ class PagedAttention(nn.Module):
         cos_sin: torch.Tensor,
         positions: torch.Tensor,
         meta: AttentionMetadata,
-        prefetch: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``prefetch``: the weight read next (the o projection's); decode asks L2 for it while it
-        reads the cache (ops.decode_attention.DECODE_PREFETCH_L2_SHARE)."""
         tokens = q.shape[0]
         q = q.view(tokens, self.num_heads, self.head_dim)
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
@@ -106,6 +103,6 @@ class PagedAttention(nn.Module):
                 self.k_cache, self.v_cache, meta.slot_mapping, self.eps,
                 meta.block_tables, meta.context_lens, self.scale,
                 workspace=meta.decode_workspace, num_splits=meta.decode_num_splits,
-                counters=meta.decode_counters, prefetch=prefetch,
+                counters=meta.decode_counters,
             )
         return out.reshape(tokens, self.num_heads * self.head_dim)

@@ -47,8 +47,7 @@ class Qwen3Attention(nn.Module):
 
     def forward(self, qkv, positions, cos_sin, meta: AttentionMetadata):
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        return self.attn(q, k, v, self.q_norm.weight, self.k_norm.weight, cos_sin, positions, meta,
-                         prefetch=self.o_proj.weight)
+        return self.attn(q, k, v, self.q_norm.weight, self.k_norm.weight, cos_sin, positions, meta)
 
 
 class Qwen3MLP(nn.Module):

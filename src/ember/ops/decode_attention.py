@@ -8,13 +8,12 @@ paged layout and the shared tile step are in ``ops/paged_kv.py``.
 one launch per layer fewer at decode, where each launch costs ~1-2 us of latency even under CUDA
 graphs with PDL. Each split program forms its group's q itself (RMSNorm + RoPE of the raw q);
 the one program per (sequence, kv head) whose split holds the new token stores its K/V into the
-cache before reading it. Every rounding is the two kernels' (bitwise equal in the interpreter);
-compiled, only the fp32 sum of a head's squares may differ in its last bit now and then, as the
-tiles' layouts (so the reduction orders) differ, as they already do in the rope kernel between
-fewer and more than 64 tokens.
+cache before reading it. Every rounding step is the two kernels' (bitwise equal in the
+interpreter); compiled together on an H200, about 1 in 1,000 new K values and ~5-10% of the bf16
+outputs came out one rounding apart from the two kernels', within tolerance (the sum of a head's
+squares runs in another order, and the compiler schedules the rope with the attention).
 """
 
-import functools
 import math
 
 import torch
@@ -22,7 +21,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ember.ops.dispatch import l2_prefetch, pdl_enabled, pdl_sync, use_triton
+from ember.ops.dispatch import pdl_enabled, pdl_sync, use_triton
 from ember.ops.paged_kv import attend_reference, attend_tile, check_inputs, gather_kv
 from ember.ops.rope import _norm_rope_heads, qk_norm_rope_store_kv_reference
 
@@ -43,13 +42,6 @@ DECODE_MIN_TOKENS_PER_SPLIT = 64
 # program's merge sits on the critical path and "launch" is up to 2.2x faster (8B, batch 1,
 # 8192 tokens: 34.6 -> 15.5 us); with 2 splits (batch 32) the single launch is faster.
 DECODE_LAUNCH_MERGE_MIN_SPLITS = 8
-# At batch 1 and a short context the split kernel reads a few KiB per layer and DRAM idles for
-# its ~5 us, while the o projection after it is a 32 MiB weight read (8B) that pays its DRAM
-# ramp on the critical path. So the split programs may ask L2 for the next GEMM's weight (up to
-# this share of L2, a prefix of its rows), each for its slice, after its PDL wait (before it, the
-# prefetch competes with the bandwidth-bound qkv projection: measured slower, session 4).
-DECODE_PREFETCH_L2_SHARE = 0.5
-DECODE_PREFETCH_CHUNK = 64  # 128-byte lines asked per step of a program's prefetch loop
 
 
 def decode_merge_mode(num_splits: int) -> str:
@@ -229,10 +221,7 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_p
                          BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                          NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, MERGE_CHUNK: tl.constexpr,
                          MERGE_IN_KERNEL: tl.constexpr, UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr,
-                         NORM_ROPE: tl.constexpr,
-                         # the L2 prefetch of the next kernel's weight (PREFETCH_CHUNK 0: none)
-                         prefetch_ptr=None, prefetch_lines=0, prefetch_lines_per_program=0,
-                         PREFETCH_CHUNK: tl.constexpr = 0):
+                         NORM_ROPE: tl.constexpr):
     # Every program, empty split or not, waits before its first access: context lengths, block
     # tables, q, the KV cache (the previous kernel stored this step's K/V), the partials and the
     # counters (the previous launch's last program resets them) all follow earlier work. With
@@ -242,12 +231,6 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_p
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    if PREFETCH_CHUNK > 0:  # this program's slice of the lines (see DECODE_PREFETCH_L2_SHARE)
-        line_elems = 1024 // prefetch_ptr.dtype.element_ty.primitive_bitwidth
-        first = ((seq * (NUM_Q_HEADS // GROUP) + kv_head) * NUM_SPLITS + split) * prefetch_lines_per_program
-        for line in range(first, tl.minimum(first + prefetch_lines_per_program, prefetch_lines), PREFETCH_CHUNK):
-            lines = tl.minimum(line + tl.arange(0, PREFETCH_CHUNK), prefetch_lines - 1)
-            l2_prefetch(prefetch_ptr + lines.to(tl.int64) * line_elems)
     ctx_len = tl.load(context_lens_ptr + seq)
     tokens_per_split = _tokens_per_split(ctx_len, min_tokens_per_split, NUM_SPLITS, BLOCK_N)
     start = split * tokens_per_split
@@ -333,7 +316,7 @@ def norm_rope_decode_attention_triton(
     positions: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor, eps: float,
     block_tables: Tensor, context_lens: Tensor, scale: float,
     *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
-    min_tokens_per_split: int | None = None, merge: str | None = None, prefetch: Tensor | None = None,
+    min_tokens_per_split: int | None = None, merge: str | None = None,
 ) -> Tensor:
     """``qk_norm_rope_store_kv_triton`` then ``paged_decode_attention_triton`` in one launch (two in
     merge mode "launch"): see norm_rope_decode_attention. Scratch and overrides as there."""
@@ -347,28 +330,11 @@ def norm_rope_decode_attention_triton(
     norm_rope = (k, v, q_norm_weight.contiguous(), k_norm_weight.contiguous(), cos_sin, positions.contiguous(),
                  slot_mapping.contiguous(), eps)
     return _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, norm_rope, workspace, num_splits,
-                             counters, min_tokens_per_split, merge, prefetch)
-
-
-def _can_prefetch(q: Tensor) -> bool:
-    return q.is_cuda  # a PTX instruction: not in the interpreter
-
-
-@functools.cache
-def _l2_bytes(device_index: int) -> int:
-    return torch.cuda.get_device_properties(device_index).L2_cache_size
-
-
-def prefetch_plan(prefetch: Tensor, programs: int, l2_bytes: int) -> tuple[int, int]:
-    """(128-byte lines to prefetch from the start of ``prefetch``, lines per program): at most
-    DECODE_PREFETCH_L2_SHARE of L2, whole lines inside the tensor, spread evenly."""
-    assert prefetch.is_contiguous()
-    lines = min(prefetch.numel() * prefetch.element_size(), int(l2_bytes * DECODE_PREFETCH_L2_SHARE)) // 128
-    return lines, triton.cdiv(lines, programs)
+                             counters, min_tokens_per_split, merge)
 
 
 def _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, norm_rope, workspace, num_splits,
-                      counters, min_tokens_per_split, merge, prefetch=None) -> Tensor:
+                      counters, min_tokens_per_split, merge) -> Tensor:
     """The launches of both ops; ``norm_rope`` = (k, v, q_norm_weight, k_norm_weight, cos_sin, positions,
     slot_mapping, eps) for the fused one, else None."""
     group, block_size, head_dim, upcast_dot = check_inputs(q, k_cache, v_cache, block_tables)
@@ -424,12 +390,6 @@ def _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, no
         # The cache is what must agree exactly: prefill writes it through the rope kernel.
         if q.dtype == torch.float32:
             options["enable_fp_fusion"] = False
-    if prefetch is not None and _can_prefetch(q):
-        lines, per_program = prefetch_plan(prefetch, batch_size * num_kv_heads * num_splits,
-                                           _l2_bytes(q.device.index if q.device.index is not None else 0))
-        if lines > 0:
-            options.update(prefetch_ptr=prefetch, prefetch_lines=lines, prefetch_lines_per_program=per_program,
-                           PREFETCH_CHUNK=DECODE_PREFETCH_CHUNK)
     _decode_split_kernel[(batch_size, num_kv_heads, num_splits)](
         q, k_cache, v_cache, out, partial_acc, partial_stats, counters, block_tables, context_lens,
         qk_scale, min_tokens, q.stride(0), q.stride(1),
@@ -488,22 +448,13 @@ def norm_rope_decode_attention(
     positions: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor, eps: float,
     block_tables: Tensor, context_lens: Tensor, scale: float,
     *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
-    prefetch: Tensor | None = None,
 ) -> Tensor:
     """``qk_norm_rope_store_kv`` then ``paged_decode_attention``, for decode (one new token per
     sequence, at position context_lens - 1): q/k/v are the raw [B, Hq, D], [B, Hkv, D], [B, Hkv, D]
     (strided views, head_dim contiguous); the new token's normed+roped k and v go to the cache at
     ``slot_mapping`` (slot < 0: not written) and the attention output [B, Hq, D] comes back.
     The kernel path saves the rope launch and rounds as the two kernels do (see the module
-    docstring for the last-bit differences once compiled).
-
-    ``prefetch``: a weight the next kernel reads (the o projection's), asked into L2 by the split
-    programs while they read the (short) cache: see DECODE_PREFETCH_L2_SHARE."""
-    if use_triton(q):
-        return norm_rope_decode_attention_triton(
-            q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions, k_cache, v_cache, slot_mapping, eps,
-            block_tables, context_lens, scale, workspace=workspace, num_splits=num_splits, counters=counters,
-            prefetch=prefetch)
-    return norm_rope_decode_attention_reference(
-        q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions, k_cache, v_cache, slot_mapping, eps,
-        block_tables, context_lens, scale, workspace=workspace, num_splits=num_splits, counters=counters)
+    docstring for the last-bit differences once compiled)."""
+    impl = norm_rope_decode_attention_triton if use_triton(q) else norm_rope_decode_attention_reference
+    return impl(q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions, k_cache, v_cache, slot_mapping, eps,
+                block_tables, context_lens, scale, workspace=workspace, num_splits=num_splits, counters=counters)
