@@ -1,7 +1,8 @@
 """Hugging Face transformers on the same weights and prompts, as the comparison baseline.
 
-Two variants: eager ``generate`` with its dynamic cache, and a static cache with the forward
-compiled (HF's recipe for fast generation). Each configuration of each variant is guarded, so a
+Two variants: eager ``generate`` with its dynamic cache, and ``generate`` with a static cache,
+which makes transformers compile its decode forward itself (``torch.compile``, CUDA graphs;
+the prompt's forward stays eager): HF's own recipe for fast generation. Each configuration of each variant is guarded, so a
 failure (a compile error, out of memory) is recorded as a string instead of ending the run.
 """
 
@@ -61,7 +62,7 @@ def _first_token_clock():
 def generate_once(model, input_ids: torch.Tensor, gen_len: int, static: bool) -> tuple[float, float]:
     """(prefill seconds, decode seconds) of one greedy generate() of exactly ``gen_len`` tokens."""
     clock = _first_token_clock()
-    kwargs = dict(cache_implementation="static", disable_compile=True) if static else {}
+    kwargs = dict(cache_implementation="static") if static else {}  # static: generate compiles itself
     start = now(input_ids.device)
     with torch.inference_mode():
         out = model.generate(
@@ -75,11 +76,14 @@ def generate_once(model, input_ids: torch.Tensor, gen_len: int, static: bool) ->
     return clock.first_token_at - start, end - clock.first_token_at
 
 
-def compile_forward(model, original_forward) -> None:
-    """A fresh compile per configuration: each (batch, prompt) shape gets its own graphs and
-    never runs into dynamo's recompile limit."""
+def fresh_compile(model) -> None:
+    """Drop what transformers compiled for the previous configuration, so each (batch, prompt)
+    shape gets its own graphs and never runs into dynamo's recompile limit. (Compiling the whole
+    forward ourselves, prompt pass included, failed with transformers 5.17: a later CUDA-graph
+    replay overwrote the prompt pass's outputs while generate still read them.)"""
     torch._dynamo.reset()
-    model.forward = torch.compile(original_forward, mode="reduce-overhead", fullgraph=True)
+    if hasattr(model, "_compiled_call"):  # where generate keeps its compiled __call__
+        del model._compiled_call
 
 
 def measure_variant(model, vocab: int, batch_size: int, prompt_len: int, gen_len: int, reps: int, seed: int,
@@ -113,7 +117,6 @@ def run_hf(path: Path, dtype: torch.dtype, device: torch.device, configs: list[t
     """{(batch, prompt_len): {"eager": figures or error, "static_compiled": figures, error or skip}}."""
     model = load_hf_model(path, dtype, device)
     results: dict[tuple[int, int], dict] = {c: {} for c in configs}
-    original_forward = model.forward
     for variant in variants:
         static = variant == "static_compiled"
         for batch_size, prompt_len in configs:
@@ -124,7 +127,7 @@ def run_hf(path: Path, dtype: torch.dtype, device: torch.device, configs: list[t
             log(f"HF {variant}: batch {batch_size}, prompt {prompt_len}")
             try:
                 if static:
-                    compile_forward(model, original_forward)
+                    fresh_compile(model)
                 figures = {**measure_variant(model, vocab, batch_size, prompt_len, gen_len, reps, seed, static),
                            "skipped": None}
             except Exception as exc:  # recorded, not fatal: one failing variant must not lose the run
@@ -133,7 +136,6 @@ def run_hf(path: Path, dtype: torch.dtype, device: torch.device, configs: list[t
             results[(batch_size, prompt_len)][variant] = figures
             if device.type == "cuda":
                 torch.cuda.empty_cache()
-    model.forward = original_forward
     del model
     gc.collect()
     if device.type == "cuda":
