@@ -13,8 +13,11 @@
 #   pdl          benchmarks/pdl_check.py: the decode graph with and without PDL
 #   breakdown    benchmarks/step_breakdown.py (graph GPU time, host phases, kernels)
 #   throughput   benchmarks/throughput.py: 0.6B with HF in the same run, 8B Ember alone
-#   bench        ember bench: 8B and 0.6B grids, the 0.6B one with --compare hf --profile
-#   hf8          ember bench 8B --compare hf (eager): writes and loads a 16 GB checkpoint
+#   bench        bench8 then bench06
+#   bench8       ember bench: the 8B grid (issue #3's batch 1 / 32 at 128, 2,048 and 8,192 tokens)
+#   bench06      ember bench: 0.6B with --compare hf (eager and static cache + torch.compile) --profile
+#   hf8          ember bench 8B --compare hf (eager) at 128 tokens: writes and loads a 16 GB checkpoint
+#   hf8all       the same at 128, 2,048 and 8,192 tokens (issue #3's ratios at every target)
 #   serve        benchmarks/serve_load.py against ember serve (needs the .whl folder carried)
 set -uo pipefail
 OUT=${OUT:-/tmp/ember_gpu_out}
@@ -26,7 +29,7 @@ from ember.tools.random_checkpoint import QWEN3_SHAPES, qwen3_config, write_conf
 for s in ("0.6B", "8B"):
     write_config_folder(f"/tmp/qwen3-{s}", qwen3_config(**QWEN3_SHAPES[s]), "tests/data/qwen3-tokenizer")
 PY
-bench() { timeout 230 python3 -m ember.cli.main bench --load-format dummy "$@" 2>&1 | tail -14; }
+bench() { timeout ${BENCH_TIMEOUT:-230} python3 -m ember.cli.main bench --load-format dummy "$@" 2>&1 | tail -14; }
 for step in "$@"; do
   case $step in
     tests) timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/gpu tests/engine \
@@ -54,12 +57,16 @@ for step in "$@"; do
         --hf-num-requests 64 --hf-batch-size 64 --out "$OUT/tp-0.6B" 2>&1 | grep -E "^\| |throughput: (Ember|HF):"
       timeout 150 python3 benchmarks/throughput.py -m /tmp/qwen3-8B --load-format dummy --out "$OUT/tp-8B" 2>&1 \
         | grep -E "^\| |throughput: Ember:" ;;
-    bench)
-      bench -m /tmp/qwen3-8B --batch-sizes 1,32 --prompt-lens 128,2048,8192 --gen-len 128 --reps 2 --out "$OUT/b8"
-      bench -m /tmp/qwen3-0.6B --batch-sizes 1,32 --prompt-lens 128 --gen-len 256 --reps 3 --compare hf \
-        --hf-variants eager --profile --out "$OUT/b06" ;;
+    bench) bash "$0" bench8 bench06 ;;
+    bench8) bench -m /tmp/qwen3-8B --batch-sizes 1,32 --prompt-lens 128,2048,8192 --gen-len 256 --reps 2 \
+        --out "$OUT/b8" ;;
+    bench06) BENCH_TIMEOUT=330 bench -m /tmp/qwen3-0.6B --batch-sizes 1,32 --prompt-lens 128 --gen-len 256 --reps 3 \
+        --compare hf --hf-variants eager,static_compiled --profile --out "$OUT/b06" ;;
     hf8) timeout 420 python3 -m ember.cli.main bench --load-format dummy -m /tmp/qwen3-8B --batch-sizes 1,32 \
         --prompt-lens 128 --gen-len 64 --reps 1 --compare hf --hf-variants eager --out "$OUT/b8hf" 2>&1 | tail -14 ;;
+    hf8all) timeout 540 python3 -m ember.cli.main bench --load-format dummy -m /tmp/qwen3-8B --batch-sizes ${HF8_BATCHES:-1,32} \
+        --prompt-lens 128,2048,8192 --gen-len 64 --reps 1 --compare hf --hf-variants eager --out "$OUT/b8hf" 2>&1 \
+        | tail -20 ;;
     serve)
       python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
       PYTHONPATH=$PYTHONPATH:/tmp/site timeout 240 python3 benchmarks/serve_load.py -m /tmp/qwen3-0.6B \

@@ -35,8 +35,6 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from openai import AsyncOpenAI
-
 try:  # the openai client's own HTTP library (named httpx2 from openai 3 on)
     import httpx2 as httpx
 except ImportError:  # pragma: no cover
@@ -161,7 +159,7 @@ class RawClient:
         await self.http.aclose()
 
 
-async def _openai_chunks(client: AsyncOpenAI, endpoint: str, body: dict):
+async def _openai_chunks(client, endpoint: str, body: dict):
     """The official client's chunks, as the dicts RawClient yields."""
     create = client.chat.completions.create if endpoint == "chat" else client.completions.create
     async for chunk in await create(**body):
@@ -231,6 +229,8 @@ async def run_all(args, url: str) -> list[dict]:
     if args.client == "raw":
         client = RawClient(url + "/v1", args.api_key or "none", timeout=args.max_seconds + 60)
     else:
+        from openai import AsyncOpenAI  # only here: the raw client needs no openai package
+
         client = AsyncOpenAI(base_url=url + "/v1", api_key=args.api_key or "none", max_retries=0,
                              timeout=args.max_seconds + 60)
     try:
