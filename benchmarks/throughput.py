@@ -28,6 +28,7 @@ from ember import LLM, SamplingParams
 from ember.bench import report
 from ember.bench.ember_runner import kv_cache_info
 from ember.bench.environment import default_out_dir, environment, today
+from ember.bench.jit_watch import TritonBuildWatch
 from ember.bench.run import shared_random_weights, weights_source
 from ember.bench.stats import now, peak_memory_bytes, reset_peak_memory
 from ember.config import ModelConfig, parse_dtype
@@ -79,9 +80,10 @@ def run_ember(path: str, args, load_format: str, device: torch.device, prompts, 
     preemptions = engine.scheduler.num_preemptions
     reset_peak_memory(device)
     steps = record_steps(engine)
-    start = now(device)
-    outs = llm.generate(prompts, params, use_tqdm=False)
-    elapsed = now(device) - start
+    with TritonBuildWatch() as builds:  # a kernel built in the timed run would read as slow steps
+        start = now(device)
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        elapsed = now(device) - start
     del engine.step  # back to the class's method
     generated = [len(o.outputs[0].token_ids) for o in outs]
     if generated != out_lens:  # ignore_eos: anything else means the run did not do the workload
@@ -92,6 +94,8 @@ def run_ember(path: str, args, load_format: str, device: torch.device, prompts, 
         "preemptions": engine.scheduler.num_preemptions - preemptions,
         "peak_memory_bytes": peak_memory_bytes(device),
         "engine": kv_cache_info(llm),
+        "triton_builds": builds.builds,
+        "triton_builds_summary": builds.summary(),
     }
     del llm, engine
     gc.collect()
@@ -128,7 +132,8 @@ def summarize_steps(log: list[tuple[int, int, float]]) -> dict:
             key = next(f"decode_{lo}-{hi}" for lo, hi in ((0, 16), (17, 64), (65, 128), (129, 192), (193, 1 << 30))
                        if lo <= decode_rows <= hi)
         groups.setdefault(key, []).append(seconds)
-    return {k: {"steps": len(v), "seconds": sum(v), "ms_per_step": 1000 * sum(v) / len(v)} for k, v in sorted(groups.items())}
+    return {k: {"steps": len(v), "seconds": sum(v), "ms_per_step": 1000 * sum(v) / len(v), "max_ms": 1000 * max(v)}
+            for k, v in sorted(groups.items())}
 
 
 # ----- HF transformers ----------------------------------------------------------------------------
@@ -195,8 +200,10 @@ def markdown(r: dict) -> str:
         "",
         "Ember's steps (wall time; with async scheduling a step's time is mostly the GPU time of the batch "
         "launched one step earlier): " + "; ".join(f"{k}: {v['steps']} steps, {v['seconds']:.2f} s "
-                                                   f"({v['ms_per_step']:.2f} ms each)"
+                                                   f"({v['ms_per_step']:.2f} ms each, longest {v['max_ms']:.2f})"
                                                    for k, v in r["ember"].get("steps", {}).items()),
+        "",
+        f"Triton kernels built during Ember's timed run: {r['ember'].get('triton_builds_summary', '–')}.",
     ]
     if r["hf"]:
         subset = (f" HF ran the first {r['hf']['num_requests']} of the {w['num_requests']} requests; its tok/s is "

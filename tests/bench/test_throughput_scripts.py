@@ -58,6 +58,9 @@ def test_throughput_small_with_hf(tiny_checkpoint, tmp_path):
     assert positive(r["ember_over_hf"])
     md = (tmp_path / "throughput.md").read_text()
     assert "| Ember |" in md and "HF ran the first 5 of the 8 requests" in md
+    # CPU runs the references: no Triton kernel is built, and the run says so
+    assert r["ember"]["triton_builds"] == [] and "built during Ember's timed run: none." in md
+    assert all(g["max_ms"] >= g["ms_per_step"] > 0 for g in r["ember"]["steps"].values())
 
 
 @pytest.mark.parametrize("client", ["raw", "openai"])
