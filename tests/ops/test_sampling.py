@@ -1,4 +1,4 @@
-"""Penalties, sampling and logprobs: kernels against references, references against definitions.
+"""Sampling and logprobs: kernels against references, references against definitions.
 
 Kernel and reference may legitimately differ only where fp32 rounding decides (a cumulative mass
 within rounding of top_p, a probability within rounding of min_p * max, Gumbel scores within an
@@ -17,13 +17,8 @@ import pytest
 
 from ember.ops import sampling
 from ember.ops.sampling import (
-    apply_penalties,
-    apply_penalties_reference,
-    apply_penalties_triton,
     compute_logprobs,
     kept_tokens_reference,
-    random_uniform_reference,
-    random_uniform_triton,
     sample_tokens,
     sample_tokens_reference,
     sample_tokens_triton,
@@ -127,17 +122,6 @@ def test_greedy_is_first_argmax_and_all_greedy_flag():
         assert torch.equal(impl(logits, *params, seeds, steps, all_greedy=True), expected)
 
 
-def test_hash_uniforms_are_bit_identical():
-    seeds = torch.tensor([0, 1, -1, 2**63 - 1, -(2**63), 12345678901234], dtype=torch.int64, device=DEVICE)
-    steps = torch.tensor([0, 0, 5, 2**40, 1, 2**32 + 7], dtype=torch.int64, device=DEVICE)
-    expected = random_uniform_reference(seeds, steps, 5000)
-    assert torch.equal(random_uniform_triton(seeds, steps, 5000), expected)
-    assert expected.min() > 0 and expected.max() < 1
-    assert abs(expected.mean().item() - 0.5) < 0.01 and abs(expected.var().item() - 1 / 12) < 0.005
-    assert len({row[:8].tolist().__repr__() for row in expected}) == len(seeds)  # rows are distinct streams
-    assert torch.corrcoef(expected[:2]).abs()[0, 1] < 0.05
-
-
 def test_same_seed_and_step_reproduce_and_batch_does_not_matter():
     gen = torch.Generator().manual_seed(3)
     logits = torch.randn(8, 1000, generator=gen).to(DEVICE)  # flat: draws vary a lot
@@ -213,45 +197,6 @@ def test_draw_distribution_matches_kept_softmax(row):
     assert chi2 < 30.0, (chi2, observed, expected)  # 30 ~ p = 1e-4 at <= 7 degrees of freedom
 
 
-def penalty_inputs(batch, vocab, gen, device=DEVICE):
-    logits = torch.randn(batch, vocab, generator=gen) * 4
-    prompt_mask = torch.rand(batch, vocab, generator=gen) < 0.1
-    generated = torch.rand(batch, vocab, generator=gen) < 0.05
-    counts = torch.where(generated, torch.randint(1, 5, (batch, vocab), generator=gen), 0)
-    presence = torch.rand(batch, generator=gen) * 2 - 1
-    frequency = torch.rand(batch, generator=gen) * 2 - 1
-    repetition = torch.rand(batch, generator=gen) + 0.5
-    presence[0], frequency[0], repetition[0] = 0.0, 0.0, 1.0  # row 0: all off
-    tensors = (logits, prompt_mask, counts.to(torch.int32), presence, frequency, repetition)
-    return tuple(t.to(device) for t in tensors)
-
-
-def test_penalties_kernel_matches_reference():
-    inputs = penalty_inputs(5, 3001, torch.Generator().manual_seed(6))
-    expected = apply_penalties_reference(inputs[0].clone(), *inputs[1:])
-    logits = inputs[0].clone()
-    out = apply_penalties_triton(logits, *inputs[1:])
-    assert out is logits and torch.equal(out, expected)  # in place, bit-identical
-    assert torch.equal(expected[0], inputs[0][0])  # neutral penalties change nothing
-    assert torch.equal(apply_penalties(inputs[0].clone(), *inputs[1:]), expected)
-
-
-def test_each_penalty_moves_only_its_tokens():
-    logits, prompt_mask, counts, _, _, _ = penalty_inputs(1, 2000, torch.Generator().manual_seed(7))
-    one, zero = torch.ones(1, device=DEVICE), torch.zeros(1, device=DEVICE)
-    generated, seen = counts[0] > 0, prompt_mask[0] | (counts[0] > 0)
-    for impl in (apply_penalties_reference, apply_penalties_triton):
-        rep = impl(logits.clone(), prompt_mask, counts, zero, zero, one * 2)[0]
-        assert torch.equal(rep[~seen], logits[0][~seen])
-        assert torch.equal(rep[seen], torch.where(logits[0][seen] > 0, logits[0][seen] / 2, logits[0][seen] * 2))
-        freq = impl(logits.clone(), prompt_mask, counts, zero, one * 0.5, one)[0]
-        assert torch.equal(freq[~generated], logits[0][~generated])
-        assert torch.allclose(freq[generated], logits[0][generated] - 0.5 * counts[0][generated])
-        pres = impl(logits.clone(), prompt_mask, counts, one * 0.25, zero, one)[0]
-        assert torch.equal(pres[~generated], logits[0][~generated])
-        assert torch.allclose(pres[generated], logits[0][generated] - 0.25)
-
-
 def test_compute_logprobs():
     logits = torch.randn(3, 500, generator=torch.Generator().manual_seed(8)) * 5
     token_ids = torch.tensor([0, 17, 499])
@@ -280,15 +225,3 @@ def test_gpu_sampling_matches_reference(batch):
         seeds, steps = random_seeds(batch, gen, "cuda")
         expected = sample_tokens_reference(logits, *params, seeds, steps)
         assert torch.equal(sample_tokens(logits, *params, seeds, steps), expected)
-    seeds, steps = random_seeds(batch, gen, "cuda")
-    uniforms = random_uniform_reference(seeds, steps, QWEN_VOCAB)
-    assert torch.equal(random_uniform_triton(seeds, steps, QWEN_VOCAB), uniforms)
-
-
-@pytest.mark.gpu
-@needs_cuda
-@pytest.mark.parametrize("batch", [1, 32, 256])
-def test_gpu_penalties_match_reference(batch):
-    inputs = penalty_inputs(batch, QWEN_VOCAB, torch.Generator().manual_seed(batch), "cuda")
-    expected = apply_penalties_reference(inputs[0].clone(), *inputs[1:])
-    assert torch.equal(apply_penalties(inputs[0].clone(), *inputs[1:]), expected)

@@ -20,7 +20,8 @@ from ember.ops.norm import add_rms_norm, rms_norm
 from ember.ops.rope import qk_norm_rope_store_kv
 from ember.ops.attention import paged_prefill_attention
 from ember.ops.decode_attention import paged_decode_attention
-from ember.ops.sampling import apply_penalties, sample_tokens
+from ember.ops.penalties import apply_penalties
+from ember.ops.sampling import sample_tokens
 
 __all__ = [
     "silu_mul",

@@ -1,4 +1,4 @@
-"""Logit penalties, token sampling and logprobs.
+"""Token sampling and logprobs (penalties: ops/penalties.py).
 
 Every per-row parameter is a device tensor and nothing branches on tensor values on the host,
 so one decode step (penalties + sampling) can be captured in a CUDA graph.
@@ -15,9 +15,8 @@ floor); when it does not (near-flat distributions, large top_k) that row's progr
 threshold over the whole row in a few multi-pivot passes, which is much slower (~1 ms at V=152k).
 
 The draw is a Gumbel-max: token = argmax over kept i of ``logit_i / T - log(-log(u_i))``
-(the same argmax as p_i / E_i with E_i = -log u_i), where u_i is a counter-based hash of
-(seed, step, i). The hash is computed identically on uint32 words in Triton and in int64
-torch tensors, so u is bit-identical and the draw depends on nothing else (batch, device).
+(the same argmax as p_i / E_i with E_i = -log u_i), with u from ops/hash_random.py: it depends
+on (seed, step, i) only, not on the batch or the device.
 
 Kernel and reference agree token for token except where fp32 rounding decides: a cumulative
 mass within rounding of top_p (the sums run in a different order), a probability within rounding
@@ -31,138 +30,9 @@ import triton
 import triton.language as tl
 
 from ember.ops.dispatch import use_triton
+from ember.ops.hash_random import random_uniform_reference, row_keys, uniform
 
 GREEDY_TEMPERATURE = tl.constexpr(1e-5)
-# murmur3's fmix32 finaliser constants and two salts (golden ratio, splitmix) for the row keys.
-_C1 = tl.constexpr(0x85EBCA6B)
-_C2 = tl.constexpr(0xC2B2AE35)
-_SALT1 = tl.constexpr(0x9E3779B9)
-_SALT2 = tl.constexpr(0x7F4A7C15)
-_MASK32 = 0xFFFFFFFF
-
-
-# ----------------------------------------------------------------------------- hash RNG (torch)
-def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
-    # a * c mod 2**32 for a < 2**32 without int64 overflow: multiply by the 16-bit halves of c.
-    return (a * (c & 0xFFFF) + (((a * (c >> 16)) & 0xFFFF) << 16)) & _MASK32
-
-
-def _fmix32_torch(h: torch.Tensor) -> torch.Tensor:
-    h = h ^ (h >> 16)
-    h = _mul32(h, _C1.value)
-    h = h ^ (h >> 13)
-    h = _mul32(h, _C2.value)
-    return h ^ (h >> 16)
-
-
-def random_uniform_reference(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """u[b, i] in (0, 1), float32 [B, V]: a hash of (seeds[b], steps[b], i)."""
-    seeds, steps = seeds.to(torch.int64), steps.to(torch.int64)
-    s_lo, s_hi, t_lo, t_hi = seeds & _MASK32, (seeds >> 32) & _MASK32, steps & _MASK32, (steps >> 32) & _MASK32
-    f = _fmix32_torch
-    key1 = f(f(f(f(s_lo ^ _SALT1.value) ^ s_hi) ^ t_lo) ^ t_hi)
-    key2 = f(f(f(f(t_lo ^ _SALT2.value) ^ t_hi) ^ s_lo) ^ s_hi)
-    ids = torch.arange(vocab_size, device=seeds.device, dtype=torch.int64)
-    h = f(f(ids[None, :] ^ key1[:, None]) ^ key2[:, None])
-    # 23 random bits + 0.5 ulp: exact in fp32 and never 0 or 1.
-    return ((h >> 9).to(torch.float32) + 0.5) * 2.0**-23
-
-
-# ------------------------------------------------------------------------ hash RNG (Triton)
-@triton.jit
-def _fmix32(h):
-    h ^= h >> 16
-    h *= _C1
-    h ^= h >> 13
-    h *= _C2
-    h ^= h >> 16
-    return h
-
-
-@triton.jit
-def _row_keys(seed, step):
-    s_lo = (seed & 0xFFFFFFFF).to(tl.uint32)
-    s_hi = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    t_lo = (step & 0xFFFFFFFF).to(tl.uint32)
-    t_hi = ((step >> 32) & 0xFFFFFFFF).to(tl.uint32)
-    key1 = _fmix32(_fmix32(_fmix32(_fmix32(s_lo ^ _SALT1) ^ s_hi) ^ t_lo) ^ t_hi)
-    key2 = _fmix32(_fmix32(_fmix32(_fmix32(t_lo ^ _SALT2) ^ t_hi) ^ s_lo) ^ s_hi)
-    return key1, key2
-
-
-@triton.jit
-def _uniform(ids, key1, key2):
-    h = _fmix32(_fmix32(ids.to(tl.uint32) ^ key1) ^ key2)
-    return ((h >> 9).to(tl.float32) + 0.5) * 1.1920928955078125e-07  # 2**-23
-
-
-@triton.jit
-def _uniform_kernel(seeds_ptr, steps_ptr, out_ptr, V, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    ids = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    key1, key2 = _row_keys(tl.load(seeds_ptr + row), tl.load(steps_ptr + row))
-    tl.store(out_ptr + row.to(tl.int64) * V + ids, _uniform(ids, key1, key2), mask=ids < V)
-
-
-def random_uniform_triton(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    out = torch.empty(seeds.shape[0], vocab_size, dtype=torch.float32, device=seeds.device)
-    grid = (seeds.shape[0], triton.cdiv(vocab_size, 1024))
-    seeds, steps = seeds.to(torch.int64).contiguous(), steps.to(torch.int64).contiguous()
-    _uniform_kernel[grid](seeds, steps, out, vocab_size, BLOCK=1024)
-    return out
-
-
-# ------------------------------------------------------------------------------- penalties
-def apply_penalties_reference(
-    logits, prompt_mask, output_counts, presence_penalty, frequency_penalty, repetition_penalty
-):
-    """vLLM's penalties, in place on float32 ``logits`` [B, V]; returns ``logits``."""
-    counts = output_counts.to(torch.float32)
-    occurred = output_counts > 0
-    rp = repetition_penalty[:, None]
-    penalized = torch.where(logits > 0, logits / rp, logits * rp)
-    logits.copy_(torch.where(prompt_mask | occurred, penalized, logits))
-    logits -= frequency_penalty[:, None] * counts
-    logits -= presence_penalty[:, None] * occurred.to(torch.float32)
-    return logits
-
-
-@triton.jit
-def _apply_penalties_kernel(
-    logits_ptr, prompt_mask_ptr, counts_ptr, presence_ptr, frequency_ptr, repetition_ptr,
-    V, logits_stride, mask_stride, counts_stride, BLOCK: tl.constexpr,
-):
-    row = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    valid = cols < V
-    x = tl.load(logits_ptr + row * logits_stride + cols, mask=valid, other=0.0)
-    in_prompt = tl.load(prompt_mask_ptr + row * mask_stride + cols, mask=valid, other=0) != 0
-    count = tl.load(counts_ptr + row * counts_stride + cols, mask=valid, other=0)
-    rp = tl.load(repetition_ptr + row)
-    occurred = count > 0
-    penalized = tl.where(x > 0, tl.math.div_rn(x, rp), x * rp)  # div_rn: IEEE division, as torch
-    x = tl.where(in_prompt | occurred, penalized, x)
-    x = x - tl.load(frequency_ptr + row) * count.to(tl.float32)
-    x = x - tl.load(presence_ptr + row) * occurred.to(tl.float32)
-    tl.store(logits_ptr + row * logits_stride + cols, x, mask=valid)
-
-
-def apply_penalties_triton(logits, prompt_mask, output_counts, presence_penalty, frequency_penalty, repetition_penalty):
-    B, V = logits.shape
-    assert logits.stride(1) == 1 and prompt_mask.stride(1) == 1 and output_counts.stride(1) == 1
-    block = 2048
-    # No FMA contraction, so the two subtractions round exactly like torch's.
-    _apply_penalties_kernel[(B, triton.cdiv(V, block))](
-        logits, prompt_mask.view(torch.uint8), output_counts, presence_penalty.contiguous(),
-        frequency_penalty.contiguous(), repetition_penalty.contiguous(), V, logits.stride(0),
-        prompt_mask.stride(0), output_counts.stride(0), BLOCK=block, enable_fp_fusion=False,
-    )
-    return logits
-
-
-def apply_penalties(logits, prompt_mask, output_counts, presence_penalty, frequency_penalty, repetition_penalty):
-    impl = apply_penalties_triton if use_triton(logits) else apply_penalties_reference
-    return impl(logits, prompt_mask, output_counts, presence_penalty, frequency_penalty, repetition_penalty)
 
 
 # -------------------------------------------------------------------------- sampling: reference
@@ -296,7 +166,7 @@ def _row_setup(row, temperature_ptr, top_k_ptr, top_p_ptr, min_p_ptr, V):
 @triton.jit
 def _gumbel_argmax(x, ids, keep, inv_t, key1, key2, V):
     """(best score, its id) of x / T + Gumbel noise over ``keep``; ties go to the smaller id."""
-    score = tl.where(keep, x * inv_t - tl.log(-tl.log(_uniform(ids, key1, key2))), -float("inf"))
+    score = tl.where(keep, x * inv_t - tl.log(-tl.log(uniform(ids, key1, key2))), -float("inf"))
     best = tl.max(score, axis=0)
     return best, tl.min(tl.where(score == best, ids, V), axis=0)
 
@@ -347,7 +217,7 @@ def _split_summary_kernel(
             tl.store(cand_id_ptr + slot * K_CAND + position, ids, mask=take)
             num_cand = tl.sum(take.to(tl.int32), axis=0)
         else:
-            key1, key2 = _row_keys(tl.load(seeds_ptr + row), tl.load(steps_ptr + row))
+            key1, key2 = row_keys(tl.load(seeds_ptr + row), tl.load(steps_ptr + row))
             best, best_id = _gumbel_argmax(x, ids, valid, inv_t, key1, key2, V)
     shifted = (x - tl.where(split_max == -float("inf"), 0.0, split_max)) * (inv_t * 1.4426950408889634)
     stats = split_stats_ptr + slot * 5
@@ -378,7 +248,7 @@ def _merge_kernel(
     row = tl.program_id(0)
     greedy, filtered, inv_t, k_target, top_k_on, top_p, top_p_on, min_p = _row_setup(
         row, temperature_ptr, top_k_ptr, top_p_ptr, min_p_ptr, V)
-    key1, key2 = _row_keys(tl.load(seeds_ptr + row), tl.load(steps_ptr + row))
+    key1, key2 = row_keys(tl.load(seeds_ptr + row), tl.load(steps_ptr + row))
     scale = inv_t * 1.4426950408889634  # exp(y / T) = exp2(y * scale)
     row_slots = row.to(tl.int64) * S + tl.arange(0, S_PAD)
     in_row = tl.arange(0, S_PAD) < S
