@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from pathlib import Path
 
 import pytest
 
+from ember.bench import report
 from ember.bench.roofline import ModelShape, decode_roofline, prefill_flops
 from ember.cli.main import main
 
@@ -54,6 +56,7 @@ def test_json_per_config_figures_and_ratios(bench_run):
     assert (c["batch_size"], c["prompt_len"], c["gen_len"]) == (2, 12, 4)
     e = c["ember"]
     assert e["skipped"] is None and e["preemptions"] == 0 and e["peak_memory_bytes"] > 0
+    assert e["triton_builds"] == []  # CPU: the references run, nothing is built
     for key in ("ttft_ms", "prefill_tok_s", "decode_tok_s", "decode_tok_s_per_seq", "ms_per_token"):
         assert is_stat(e[key]) and len(e[key]["values"]) == 2, key
     assert e["decode_tok_s"]["median"] == pytest.approx(2 * e["decode_tok_s_per_seq"]["median"])
@@ -87,6 +90,15 @@ def test_markdown_and_png(bench_run):
     import matplotlib.image
 
     assert matplotlib.image.imread(out / "bench.png").shape[0] > 100
+
+
+def test_markdown_names_kernels_built_during_timed_reps(bench_run):
+    _, r = bench_run
+    assert "built during timed reps" not in report.markdown(r)
+    r = copy.deepcopy(r)
+    r["results"][0]["ember"]["triton_builds"] = [{"kernel": "_skinny_kernel", "seconds": 0.31}]
+    assert "**Triton kernels built during timed reps:** batch 2, prompt 12: _skinny_kernel (0.31 s)" \
+        in report.markdown(r)
 
 
 def test_roofline_formulas_by_hand():

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ember.bench.jit_watch import TritonBuildWatch
 from ember.bench.stats import now, peak_memory_bytes, reset_peak_memory, summarize
 from ember.engine.kv_cache import kv_bytes_per_block
 from ember.engine.llm_engine import LLMEngine
@@ -100,8 +101,9 @@ def measure_config(llm: LLM, batch_size: int, prompt_len: int, gen_len: int, rep
     generate_once(engine, random_prompts(vocab, batch_size, prompt_len, seed, rep=-1), gen_len)
     preemptions = engine.scheduler.num_preemptions
     reset_peak_memory(engine.device)
-    runs = [generate_once(engine, random_prompts(vocab, batch_size, prompt_len, seed, rep), gen_len)
-            for rep in range(reps)]
+    with TritonBuildWatch() as builds:  # a kernel built inside a rep would read as a slow rep
+        runs = [generate_once(engine, random_prompts(vocab, batch_size, prompt_len, seed, rep), gen_len)
+                for rep in range(reps)]
     decode_steps = gen_len - 1
     return {
         "skipped": None,
@@ -112,6 +114,7 @@ def measure_config(llm: LLM, batch_size: int, prompt_len: int, gen_len: int, rep
         "ms_per_token": summarize([1000 * r.decode_s / decode_steps for r in runs]),
         "peak_memory_bytes": peak_memory_bytes(engine.device),
         "preemptions": engine.scheduler.num_preemptions - preemptions,
+        "triton_builds": builds.builds,
     }
 
 

@@ -104,6 +104,11 @@ def markdown(result: dict) -> str:
         "",
         md_table(RESULT_HEADERS, result_rows(result)),
     ]
+    built = [(r["batch_size"], r["prompt_len"], b) for r in result["results"]
+             for b in (r["ember"] or {}).get("triton_builds") or []]
+    if built:  # the warm-up should have built everything: these reps paid for a compile
+        parts += ["", "**Triton kernels built during timed reps:** " + "; ".join(
+            f"batch {bs}, prompt {pl}: {b['kernel']} ({b['seconds'] or 0:.2f} s)" for bs, pl, b in built)]
     if any(r["hf"] for r in result["results"]):
         parts += ["", "## Ember ÷ HF transformers", "", md_table(HF_HEADERS, hf_rows(result))]
     prof = result["profile"]
