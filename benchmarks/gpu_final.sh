@@ -41,8 +41,8 @@ for step in "$@"; do
              tests/ops/test_attention.py tests/ops/test_norm.py 2>&1 | tee "$OUT/pytest_kernels.log" | tail -6 ;;
     attn_sweep) timeout 300 python3 benchmarks/decode_attention_sweep.py --out "$OUT/decode_attention_sweep.json" \
              2>&1 | tee "$OUT/decode_attention_sweep.txt" | grep -v "^      " ;;
-    attn_fused) timeout 150 python3 benchmarks/decode_attention_sweep.py --fused --batch-sizes 1,32 \
-             --contexts 128,2048 --out "$OUT/attn_fused.json" 2>&1 | tee "$OUT/attn_fused.txt" | grep -v "^      " ;;
+    attn_fused) timeout 240 python3 benchmarks/decode_attention_sweep.py --fused --batch-sizes 1,32 \
+             --contexts 128,2048,8192 --out "$OUT/attn_fused.json" 2>&1 | tee "$OUT/attn_fused.txt" | grep -v "^      " ;;
     norm_sweep) timeout 300 python3 benchmarks/gemv_sweep.py --models 0.6B,8B --ms 1,2 \
              --ops linear_add,rms_norm_linear,rms_norm_gate_silu \
              --out "$OUT/norm_sweep.json" 2>&1 | tee "$OUT/norm_sweep.txt" | tail -50 ;;
