@@ -30,6 +30,7 @@ import math
 import torch
 
 from ember.bench.ceilings import copy_rate as measure_copy_rate
+from ember.bench.stats import graph_us
 from ember.ops import decode_attention as attention
 from ember.ops import rope
 from ember.tools.random_checkpoint import QWEN3_SHAPES
@@ -53,23 +54,7 @@ def make_case(num_q_heads, num_kv_heads, head_dim, batch, context, layers, gen):
 
 def time_graph(step, layers, reps=20):
     """Median µs per layer of one CUDA graph of ``step`` (all layers), replayed ``reps`` times."""
-    step()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(reps):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / reps / layers)
-    return sorted(times)[len(times) // 2]
+    return graph_us(step, layers, reps)
 
 
 def time_variant(q, caches, tables, lens, scale, num_splits, min_tokens, merge):

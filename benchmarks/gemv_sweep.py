@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import triton
 
 from ember.bench.ceilings import copy_rate
+from ember.bench.stats import graph_us
 from ember.ops.activation import silu_mul
 from ember.ops.linear import (
     ResidualStream,
@@ -101,28 +102,7 @@ def candidates(m: int, n: int, k: int, op: str) -> list[SkinnyConfig]:
 
 def time_per_call(fn, x, weights) -> float:
     """Microseconds per call: a CUDA graph of one call per weight copy, median of TRIALS timings."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile, cuBLAS handles, split-K workspace: all before capture
-        fn(x, weights[0])
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for w in weights:
-            fn(x, w)
-    graph.replay()
-    times = []
-    for _ in range(TRIALS):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(REPLAYS):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1e3 / (REPLAYS * len(weights)))
-    del graph
-    return sorted(times)[len(times) // 2]
+    return graph_us(lambda: [fn(x, w) for w in weights], len(weights), REPLAYS, TRIALS)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:

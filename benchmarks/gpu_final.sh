@@ -11,6 +11,8 @@
 #   tp06         benchmarks/throughput.py, 0.6B, Ember alone
 #   sweep        benchmarks/gemv_sweep.py: skinny GEMM vs cuBLAS at the 0.6B and 8B projections
 #   pdl          benchmarks/pdl_check.py: the decode graph with and without PDL
+#   pmlp         benchmarks/persistent_mlp.py: the MLP as one persistent kernel with a grid barrier
+#                (an experiment; a hang is the barrier's, and the timeout ends it)
 #   breakdown    benchmarks/step_breakdown.py (graph GPU time, host phases, kernels)
 #   throughput   benchmarks/throughput.py: 0.6B with HF in the same run, 8B Ember alone
 #   bench        bench8 then bench06
@@ -50,6 +52,8 @@ for step in "$@"; do
              2>&1 | tail -25 ;;
     sweep) timeout 240 python3 benchmarks/gemv_sweep.py --models 0.6B,8B --out "$OUT/gemv_sweep.json" 2>&1 \
              | tee "$OUT/gemv_sweep.txt" | tail -45 ;;
+    pmlp) timeout 240 python3 benchmarks/persistent_mlp.py --out "$OUT/persistent_mlp.json" 2>&1 \
+             | tee "$OUT/persistent_mlp.txt" | tail -60 ;;
     pdl) timeout 280 python3 benchmarks/pdl_check.py --shapes 0.6B,8B --batch-sizes 1,32 --out "$OUT/pdl_check.json" ;;
     breakdown) timeout 200 python3 benchmarks/step_breakdown.py --shapes 0.6B,8B --batch-sizes 1,32 \
              --out "$OUT/step_breakdown.json" 2>&1 | grep -v -i warn | tee "$OUT/step_breakdown.txt" ;;

@@ -40,3 +40,31 @@ def peak_memory_bytes(device: torch.device | str) -> int:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def graph_us(step, calls: int, reps: int = 20, trials: int = 5) -> float:
+    """Median microseconds per call of ``step`` (which makes ``calls`` calls), captured once in a
+    CUDA graph and replayed ``reps`` times per trial: the kernel sweeps' clock. ``step`` first runs
+    once on a side stream, so Triton compiles and cuBLAS handles and workspaces exist before the
+    capture."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    times = []
+    for _ in range(trials):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(reps):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / (reps * calls))
+    del graph
+    return statistics.median(times)
