@@ -101,6 +101,13 @@ def test_markdown_names_kernels_built_during_timed_reps(bench_run):
         in report.markdown(r)
 
 
+def test_hf_table_notes_a_variant_that_did_not_compile(bench_run):
+    _, r = bench_run
+    r = copy.deepcopy(r)
+    r["results"][0]["hf"]["eager"]["warning"] = "transformers did not compile the forward: static cache only"
+    assert report.hf_rows(r)[0][-1] == "transformers did not compile the forward: static cache only"
+
+
 def test_roofline_formulas_by_hand():
     shape = ModelShape(layers=2, hidden=8, intermediate=16, heads=4, kv_heads=2, head_dim=4, vocab=100,
                        tied_embeddings=True, params=1000, weight_bytes=2000, dtype="bfloat16", dtype_bytes=2)

@@ -130,6 +130,9 @@ def run_hf(path: Path, dtype: torch.dtype, device: torch.device, configs: list[t
                     fresh_compile(model)
                 figures = {**measure_variant(model, vocab, batch_size, prompt_len, gen_len, reps, seed, static),
                            "skipped": None}
+                if static and not hasattr(model, "_compiled_call"):  # generate's own criteria said no
+                    figures["warning"] = "transformers did not compile the forward: static cache only"
+                    log(f"HF {variant}: {figures['warning']}")
             except Exception as exc:  # recorded, not fatal: one failing variant must not lose the run
                 figures = {**_error(exc), "skipped": None}
                 log(f"HF {variant} failed: {figures['error'][:200]}")

@@ -63,7 +63,7 @@ def hf_rows(result: dict) -> list[list[str]]:
     for r in result["results"]:
         for variant, figures in (r["hf"] or {}).items():
             ratios = r["ember_over_hf"][variant]
-            note = figures.get("skipped") or figures.get("error") or ""
+            note = figures.get("skipped") or figures.get("error") or figures.get("warning") or ""
             rows.append([
                 str(r["batch_size"]), str(r["prompt_len"]), variant,
                 number(figures.get("prefill_tok_s", {}).get("median")), number(figures.get("decode_tok_s", {}).get("median")),
