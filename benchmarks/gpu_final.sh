@@ -8,6 +8,7 @@
 #   attn_fused   benchmarks/decode_attention_sweep.py --fused: q/k-norm + RoPE folded into attention or not
 #   norm_sweep   benchmarks/gemv_sweep.py for the fused forms only (add epilogue, norm prologue,
 #                silu epilogue), M = 1 and 2
+#   norm_sweep_big  the same for 0.6B at M = 4..32 (the table has these fused ops off there, unswept)
 #   tp06         benchmarks/throughput.py, 0.6B, Ember alone
 #   sweep        benchmarks/gemv_sweep.py: skinny GEMM vs cuBLAS at the 0.6B and 8B projections
 #   pdl          benchmarks/pdl_check.py: the decode graph with and without PDL
@@ -48,6 +49,9 @@ for step in "$@"; do
     norm_sweep) timeout 300 python3 benchmarks/gemv_sweep.py --models 0.6B,8B --ms 1,2 \
              --ops linear_add,rms_norm_linear,rms_norm_gate_silu \
              --out "$OUT/norm_sweep.json" 2>&1 | tee "$OUT/norm_sweep.txt" | tail -50 ;;
+    norm_sweep_big) timeout 420 python3 benchmarks/gemv_sweep.py --models 0.6B --ms 4,8,16,32 \
+             --ops linear_add,rms_norm_linear,rms_norm_gate_silu \
+             --out "$OUT/norm_sweep_big.json" 2>&1 | tee "$OUT/norm_sweep_big.txt" | tail -40 ;;
     tp06) timeout 150 python3 benchmarks/throughput.py -m /tmp/qwen3-0.6B --load-format dummy --out "$OUT/tp-0.6B" \
              2>&1 | tail -25 ;;
     sweep) timeout 240 python3 benchmarks/gemv_sweep.py --models 0.6B,8B --out "$OUT/gemv_sweep.json" 2>&1 \
