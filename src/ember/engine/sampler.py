@@ -87,8 +87,7 @@ class Sampler:
         fields = (PENALTY_FIELDS if needs_penalties else ()) + (() if greedy else SAMPLING_FIELDS)
         rows = stage_row_params(seqs, fields, staging.sampling_params, self.row_params) if fields else {}
         if needs_penalties:
-            # In place, in fp32 (as HF's processors see them); a copy when raw feeds logprobs.
-            logits = logits.to(torch.float32, copy=raw is not None)
+            logits = logits.clone() if raw is not None else logits
             prompt_mask, counts = self._penalty_state(seqs, logits.shape[1])
             ops.apply_penalties(logits, prompt_mask, counts, rows["presence_penalty"], rows["frequency_penalty"],
                                 rows["repetition_penalty"])
