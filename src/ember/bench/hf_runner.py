@@ -2,8 +2,9 @@
 
 Two variants: eager ``generate`` with its dynamic cache, and ``generate`` with a static cache,
 which makes transformers compile its decode forward itself (``torch.compile``, CUDA graphs;
-the prompt's forward stays eager): HF's own recipe for fast generation. Each configuration of each variant is guarded, so a
-failure (a compile error, out of memory) is recorded as a string instead of ending the run.
+the prompt's forward stays eager): HF's own recipe for fast generation. Each configuration of
+each variant is guarded, so a failure (a compile error, out of memory) is recorded as a string
+instead of ending the run.
 """
 
 from __future__ import annotations
