@@ -126,7 +126,7 @@ class FakeGraph:
     def replay(self):
         self.replays += 1
         with torch.inference_mode():
-            self.graphs.logits[: self.bucket].copy_(self.graphs.forward(self.bucket))
+            self.graphs.forward(self.bucket, out=self.graphs.logits[: self.bucket])
 
 
 def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
@@ -142,9 +142,10 @@ def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
     forwards = []
     forward = graphs.forward
 
-    def recording_forward(num_rows):
+    def recording_forward(num_rows, out=None):
         forwards.append(num_rows)
-        return forward(num_rows)
+        assert out is not None and out.data_ptr() == graphs.logits.data_ptr()  # the LM head writes in place
+        return forward(num_rows, out=out)
 
     @contextlib.contextmanager
     def fake_capture(graph, pool=None):
@@ -172,7 +173,7 @@ def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
     assert graphs.workspace.numel() == max(
         decode_workspace_numel(b, cfg.num_attention_heads, cfg.head_dim, graphs.num_splits[b]) for b in buckets)
     assert graphs.counters.shape == (MAX_NUM_SEQS * cfg.num_key_value_heads,) and graphs.counters.eq(0).all()
-    assert graphs.logits.shape == (MAX_NUM_SEQS, cfg.vocab_size) and graphs.logits.dtype == torch.float32
+    assert graphs.logits.shape == (MAX_NUM_SEQS, cfg.vocab_size) and graphs.logits.dtype == runner.model.logits_dtype
     assert torch.equal(k_cache, k_before)  # capture wrote no K/V
 
     monkeypatch.setattr(runner, "cuda_graphs", graphs)

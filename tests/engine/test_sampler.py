@@ -91,6 +91,22 @@ def test_seeded_sampling_equals_per_parameter_tensors_across_changing_batches():
     assert sampled_rows > 25
 
 
+def test_bf16_logits_sample_exactly_as_their_fp32_upcast():
+    """The LM head hands the sampler logits in the model's dtype: every path (greedy, sampled,
+    penalties, logprobs) must give what the fp32 copy of them gave, and leave them untouched."""
+    gen = torch.Generator().manual_seed(5)
+    logits = (torch.randn(MAX_NUM_SEQS, VOCAB, generator=gen) * 4).to(torch.bfloat16)
+    logits[1, 17] = logits[1, 18] = logits[1].max() + 1  # an exact tie on a greedy row: the first wins
+    kept = logits.clone()
+    got = make_sampler().sample(make_pool()[:MAX_NUM_SEQS], logits).wait()
+    want = make_sampler().sample(make_pool()[:MAX_NUM_SEQS], logits.float()).wait()
+    assert got[0][1] == 17
+    assert got[0] == want[0]
+    assert [lp and (lp.token_id, lp.logprob, lp.top) for lp in got[1]] == \
+        [lp and (lp.token_id, lp.logprob, lp.top) for lp in want[1]]
+    assert torch.equal(logits, kept)  # penalties worked on an fp32 copy
+
+
 def test_a_row_does_not_depend_on_the_rest_of_its_batch():
     """The RNG is keyed by (seed, step): a row's token is the same alone or in any batch."""
     sampler = make_sampler()

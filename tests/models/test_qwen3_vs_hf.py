@@ -62,3 +62,16 @@ def test_greedy_continuations_match_hf_alone_and_batched(pair):
     batched = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     assert alone == want
     assert batched == want
+
+
+def test_compute_logits_into_a_buffer_equals_returned_logits(pair):
+    """The decode graphs have the LM head write into a fixed buffer (``out=``)."""
+    _, llm = pair
+    model = llm.engine.model
+    hidden = torch.randn(3, model.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    out = torch.empty(5, model.config.vocab_size, dtype=model.logits_dtype)
+    with torch.inference_mode():
+        want = model.compute_logits(hidden)
+        got = model.compute_logits(hidden, out=out[:3])
+    assert got.data_ptr() == out.data_ptr() and torch.equal(got, want)
+    assert want.dtype == model.logits_dtype == torch.float32

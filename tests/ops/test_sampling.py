@@ -108,6 +108,18 @@ def test_kernel_matches_reference_with_ties_and_masked_vocab():
     assert tokens[1] < 700 and tokens[4] == 3
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_16_bit_logits_sample_as_their_fp32_upcast(dtype):
+    """The kernels upcast on load and the reference upcasts first: exact, so the same tokens."""
+    gen = torch.Generator().manual_seed(9)
+    logits = (torch.randn(len(MIXED_ROWS), 4099, generator=gen) * 3).to(dtype).to(DEVICE)
+    params = make_params(MIXED_ROWS)
+    seeds, steps = random_seeds(len(MIXED_ROWS), gen)
+    want = sample_tokens_reference(logits.float(), *params, seeds, steps)
+    for impl in (sample_tokens_triton, sample_tokens_reference):
+        assert torch.equal(impl(logits, *params, seeds, steps), want)
+
+
 def test_greedy_is_first_argmax_and_all_greedy_flag():
     logits = torch.randn(4, 5000, generator=torch.Generator().manual_seed(2))
     logits[0, [5, 17, 2999]] = 50.0  # tied maximum: the first index wins

@@ -7,7 +7,8 @@ The runner orchestrates; the parts live beside it:
   each, and the step itself never waits on the device.
 - ``host_staging``: the pinned, double-buffered host memory those copies go through.
 - ``cuda_graphs``: on CUDA a pure decode step replays a CUDA graph: one per batch-size bucket,
-  captured at start-up over the model forward and the fp32 logits; a batch runs padded to the
+  captured at start-up over the model forward and its logits (the LM head writing into a fixed
+  buffer, in the model dtype: the sampler upcasts on read); a batch runs padded to the
   smallest bucket that holds it (``enforce_eager`` turns this off).
 - ``sampler`` (and ``sampler_inputs``, its per-row parameters): penalties, sampling, logprobs.
 
@@ -62,18 +63,18 @@ class ModelRunner:
 
     # ----- decode: eager, padded to a bucket, or a captured graph ---------------------------
     def _run_decode_padded(self, seqs: list[Sequence], bucket: int) -> torch.Tensor:
-        """fp32 logits [len(seqs), vocab] of a decode batch run as ``bucket`` rows: by replaying
+        """Logits [len(seqs), vocab] (model dtype) of a decode batch run as ``bucket`` rows: by replaying
         the bucket's graph, or eagerly when it has none. Padding rows' logits are dropped."""
         self.inputs.prepare_decode(seqs, num_rows=bucket)
         return self.cuda_graphs.run_bucket(bucket, len(seqs))
 
     def decode_logits(self, seqs: list[Sequence]) -> torch.Tensor:
-        """fp32 logits [len(seqs), vocab] for one decode token per sequence."""
+        """Logits [len(seqs), vocab] (model dtype) for one decode token per sequence."""
         bucket = pick_bucket(self.cuda_graphs.buckets, len(seqs))
         if bucket is not None:
             return self._run_decode_padded(seqs, bucket)
         self.inputs.prepare_decode(seqs)  # no buckets (CPU, enforce_eager) or past the largest one
-        return self.cuda_graphs.forward(len(seqs)).float()
+        return self.cuda_graphs.forward(len(seqs))
 
     # ----- one step --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -95,7 +96,7 @@ class ModelRunner:
                 return None
             rows = [r for r, p in zip(last_rows, batch.produces_token) if p]
             hidden = hidden[self.inputs.to_device(rows, torch.int64)]
-            logits = self.model.compute_logits(hidden).float()
+            logits = self.model.compute_logits(hidden)
         return self.sampler.sample(seqs, logits)
 
     @torch.inference_mode()

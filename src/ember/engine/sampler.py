@@ -87,7 +87,8 @@ class Sampler:
         fields = (PENALTY_FIELDS if needs_penalties else ()) + (() if greedy else SAMPLING_FIELDS)
         rows = stage_row_params(seqs, fields, staging.sampling_params, self.row_params) if fields else {}
         if needs_penalties:
-            logits = logits.clone() if raw is not None else logits
+            # In place, in fp32 (as HF's processors see them); a copy when raw feeds logprobs.
+            logits = logits.to(torch.float32, copy=raw is not None)
             prompt_mask, counts = self._penalty_state(seqs, logits.shape[1])
             ops.apply_penalties(logits, prompt_mask, counts, rows["presence_penalty"], rows["frequency_penalty"],
                                 rows["repetition_penalty"])

@@ -120,8 +120,16 @@ class Qwen3ForCausalLM(nn.Module):
         residual = None if stream.residual is None else stream.residual.to(device)
         return ops.ResidualStream(stream.hidden.to(device), residual)
 
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+    @property
+    def logits_dtype(self) -> torch.dtype:
+        return (self.model.embed_tokens if self.lm_head is None else self.lm_head.weight).dtype
+
+    def compute_logits(self, hidden: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits in the model's dtype, as HF's lm_head returns them (samplers upcast on read);
+        into ``out`` (a [rows, vocab] buffer) when given."""
         weight = self.model.embed_tokens if self.lm_head is None else self.lm_head.weight
+        if out is not None:
+            return torch.mm(hidden.to(weight.device), weight.t(), out=out)
         return torch.nn.functional.linear(hidden.to(weight.device), weight)
 
     # ----- weights -------------------------------------------------------------------------

@@ -22,7 +22,8 @@ Kernel and reference agree token for token except where fp32 rounding decides: a
 mass within rounding of top_p (the sums run in a different order), a probability within rounding
 of min_p * max, two Gumbel scores within an ulp (log implementations differ). Ties never matter:
 both keep every tied token and both take the first index of an exactly tied maximum.
-Logits must be finite or -inf.
+Logits (fp32, or bf16/fp16 as the LM head writes them: both sides upcast on read, exactly) must be
+finite or -inf.
 """
 
 import torch
@@ -38,6 +39,7 @@ GREEDY_TEMPERATURE = tl.constexpr(1e-5)
 # -------------------------------------------------------------------------- sampling: reference
 def kept_tokens_reference(logits, temperature, top_k, top_p, min_p) -> torch.Tensor:
     """bool [B, V]: the tokens a non-greedy row may draw after top-k, top-p and min-p."""
+    logits = logits.float()
     V = logits.shape[-1]
     inv_t = 1.0 / torch.where(temperature < GREEDY_TEMPERATURE.value, 1.0, temperature)
     probs = torch.softmax(logits * inv_t[:, None], dim=-1)
@@ -57,6 +59,7 @@ def kept_tokens_reference(logits, temperature, top_k, top_p, min_p) -> torch.Ten
 
 def sample_tokens_reference(logits, temperature, top_k, top_p, min_p, seeds, steps, all_greedy: bool = False):
     """int64 [B]: see the module docstring. ``all_greedy`` (a host flag) skips the sampling."""
+    logits = logits.float()  # exact: any 16-bit logit is an fp32 one (the kernels upcast on load)
     greedy_tokens = logits.argmax(dim=-1)
     if all_greedy:
         return greedy_tokens
@@ -117,11 +120,11 @@ def _find_threshold(row_ptr, V, lo, hi, count_lo, mass_lo, k_target, mass_target
         masses = tl.zeros([NUM_PIVOTS], dtype=tl.float32)
         data_min = float("inf")
         data_max = -float("inf")
-        next_x = tl.load(row_ptr + offs, mask=offs < V, other=-float("inf"))
+        next_x = tl.load(row_ptr + offs, mask=offs < V, other=-float("inf")).to(tl.float32)
         for start in range(0, V, BLOCK):
             x = next_x
             next_ids = start + BLOCK + offs  # issued now, awaited next step: hides the load latency
-            next_x = tl.load(row_ptr + next_ids, mask=next_ids < V, other=-float("inf"))
+            next_x = tl.load(row_ptr + next_ids, mask=next_ids < V, other=-float("inf")).to(tl.float32)
             if tl.max(x, axis=0) >= lo:
                 inside = (x >= lo) & (x < hi)
                 data_min = tl.minimum(data_min, tl.min(tl.where(inside, x, float("inf")), axis=0))
@@ -201,7 +204,7 @@ def _split_summary_kernel(
     slot = row.to(tl.int64) * S + split
     ids = split * BLOCK + tl.arange(0, BLOCK)
     valid = ids < V
-    x = tl.load(logits_ptr + row.to(tl.int64) * logits_stride + ids, mask=valid, other=-float("inf"))
+    x = tl.load(logits_ptr + row.to(tl.int64) * logits_stride + ids, mask=valid, other=-float("inf")).to(tl.float32)
     greedy, filtered, inv_t, _, _, _, _, _ = _row_setup(row, temperature_ptr, top_k_ptr, top_p_ptr, min_p_ptr, V)
     split_max = tl.max(x, axis=0)
     best = split_max
@@ -312,7 +315,7 @@ def _merge_kernel(
             best = -float("inf")
             for start in range(0, V, BLOCK):  # only chunks reaching the threshold draw noise
                 chunk_ids = start + tl.arange(0, BLOCK)
-                chunk = tl.load(row_ptr + chunk_ids, mask=chunk_ids < V, other=-float("inf"))
+                chunk = tl.load(row_ptr + chunk_ids, mask=chunk_ids < V, other=-float("inf")).to(tl.float32)
                 if tl.max(chunk, axis=0) >= lo:
                     chunk_keep = (chunk_ids < V) & (chunk >= lo) & (tl.exp2((chunk - m) * scale) >= min_p)
                     chunk_best, chunk_token = _gumbel_argmax(chunk, chunk_ids, chunk_keep, inv_t, key1, key2, V)
@@ -325,7 +328,7 @@ def sample_tokens_triton(logits, temperature, top_k, top_p, min_p, seeds, steps,
     if all_greedy:
         return logits.argmax(dim=-1)  # one fused reduction; nothing else to do
     B, V = logits.shape
-    assert logits.dtype == torch.float32 and logits.stride(1) == 1
+    assert logits.dtype in (torch.float32, torch.bfloat16, torch.float16) and logits.stride(1) == 1
     # One split per program; small on CPU so that the tests run several splits per row.
     block = min(triton.next_power_of_2(V), _SPLIT_SIZE if logits.is_cuda else 1024)
     S = triton.cdiv(V, block)
