@@ -19,6 +19,7 @@
 #   bench        bench8 then bench06
 #   bench8       ember bench: the 8B grid (issue #3's batch 1 / 32 at 128, 2,048 and 8,192 tokens)
 #   bench06      ember bench: 0.6B with --compare hf (eager) --profile
+#   bench06e     the same, Ember alone (a quicker check of a decode-path change)
 #   hfc06        ember bench 0.6B --compare hf, HF's static cache + torch.compile only (compiles per shape)
 #   hf8          ember bench 8B --compare hf (eager) at 128 tokens: writes and loads a 16 GB checkpoint
 #   hf8all       the same at 128, 2,048 and 8,192 tokens (issue #3's ratios at every target)
@@ -71,6 +72,8 @@ for step in "$@"; do
         --out "$OUT/b8" ;;
     bench06) BENCH_TIMEOUT=330 bench -m /tmp/qwen3-0.6B --batch-sizes 1,32 --prompt-lens 128 --gen-len 256 --reps 3 \
         --compare hf --hf-variants eager --profile --out "$OUT/b06" ;;
+    bench06e) bench -m /tmp/qwen3-0.6B --batch-sizes 1,32 --prompt-lens 128 --gen-len 256 --reps 3 --profile \
+        --out "$OUT/b06" ;;
     hfc06) BENCH_TIMEOUT=400 bench -m /tmp/qwen3-0.6B --batch-sizes 1,32 --prompt-lens 128 --gen-len 256 --reps 2 \
         --compare hf --hf-variants static_compiled --out "$OUT/b06c" ;;
     hf8) timeout 420 python3 -m ember.cli.main bench --load-format dummy -m /tmp/qwen3-8B --batch-sizes 1,32 \

@@ -67,7 +67,8 @@ def phased_step(engine) -> dict:
     t3 = time.perf_counter()
     sync()
     t4 = time.perf_counter()
-    sampled = runner.sampler.sample(seqs, runner.cuda_graphs.logits[: len(seqs)])
+    sampled = runner.sampler.sample(seqs, runner.cuda_graphs.logits[: len(seqs)],
+                                    argmax_done=bucket in runner.cuda_graphs.argmax_buckets)
     sampled.wait()
     t5 = time.perf_counter()
     engine.scheduler.mark_computed(batch)

@@ -16,7 +16,8 @@ import torch
 from ember import LLM, SamplingParams
 from ember.cli.main import build_parser
 from ember.engine.llm_engine import EngineArgs
-from ember.engine.cuda_graphs import MAX_GRAPH_BATCH, DecodeGraphs, decode_graph_buckets, pick_bucket
+from ember.engine.cuda_graphs import (MAX_ARGMAX_IN_GRAPH, MAX_GRAPH_BATCH, DecodeGraphs, decode_graph_buckets,
+                                     pick_bucket)
 from ember.ops.decode_attention import decode_num_splits, decode_workspace_numel
 
 MAX_NUM_SEQS = 8
@@ -73,21 +74,23 @@ def test_padded_decode_step_matches_unpadded(llm, monkeypatch):
         b = len(seqs)
         bucket = pick_bucket(buckets, b)
         cache_before = k_cache.clone()
-        padded = runner._run_decode_padded(seqs, bucket).clone()
+        padded, argmax_done = runner._run_decode_padded(seqs, bucket)
+        padded = padded.clone()
+        assert not argmax_done  # buckets without graphs leave the argmax to the sampler
         assert runner.inputs.decode_context_lens[b:bucket].eq(0).all() and runner.inputs.decode_slots[b:bucket].eq(-1).all()
         # Padding writes no K/V: only the batch's own slots changed.
         written = torch.zeros(k_cache.shape[0] * k_cache.shape[1], dtype=torch.bool)
         written[runner.inputs.decode_slots[:b]] = True
         changed = (k_cache != cache_before).flatten(2).any(-1).flatten()
         assert not (changed & ~written).any()
-        logits = unpadded_logits(seqs)  # written last, so the generation goes on exactly as eager
+        logits, _ = unpadded_logits(seqs)  # written last, so the generation goes on exactly as eager
         assert padded.shape == logits.shape
         # Bit-exact only where the CPU GEMM picks the same kernel for both row counts (it
         # differs e.g. for 2 vs 4 rows); fp32 rounding is the only difference allowed.
         torch.testing.assert_close(padded, logits, rtol=1e-5, atol=1e-5)
         assert torch.equal(padded.argmax(-1), logits.argmax(-1))
         checked.append((b, bucket))
-        return logits
+        return logits, False
 
     want = [o.token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
     monkeypatch.setattr(runner, "decode_logits", padded_then_unpadded)
@@ -126,7 +129,8 @@ class FakeGraph:
     def replay(self):
         self.replays += 1
         with torch.inference_mode():
-            self.graphs.forward(self.bucket, out=self.graphs.logits[: self.bucket])
+            self.graphs.forward(self.bucket, out=self.graphs.logits[: self.bucket],
+                                argmax=self.bucket in self.graphs.argmax_buckets)
 
 
 def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
@@ -142,10 +146,11 @@ def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
     forwards = []
     forward = graphs.forward
 
-    def recording_forward(num_rows, out=None):
+    def recording_forward(num_rows, out=None, argmax=False):
         forwards.append(num_rows)
         assert out is not None and out.data_ptr() == graphs.logits.data_ptr()  # the LM head writes in place
-        return forward(num_rows, out=out)
+        assert argmax == (num_rows <= MAX_ARGMAX_IN_GRAPH)
+        return forward(num_rows, out=out, argmax=argmax)
 
     @contextlib.contextmanager
     def fake_capture(graph, pool=None):

@@ -44,10 +44,11 @@ def test_run_paths_and_sampled_rows(llm, monkeypatch, with_short):
         decode_calls.append(len(seqs))
         return decode_logits(seqs)
 
-    def recording_sample(seqs, logits):
+    def recording_sample(seqs, logits, argmax_done=False):
         assert logits.shape == (len(seqs), engine.config.vocab_size) and logits.dtype == torch.float32
+        assert not argmax_done  # no graphs on the CPU
         launches[-1] = (launches[-1][0], len(seqs))
-        return sample(seqs, logits)
+        return sample(seqs, logits, argmax_done)
 
     monkeypatch.setattr(runner, "run", recording_run)
     monkeypatch.setattr(runner, "decode_logits", recording_decode_logits)

@@ -140,6 +140,31 @@ def test_greedy_logprobs_and_pending_tokens():
     assert sampler.pending.rows == {s.seq_id: i for i, s in enumerate(seqs)}
 
 
+def test_tokens_land_in_tokens_out_and_a_graphs_argmax_is_kept_only_where_valid():
+    """Every step's tokens go into the first rows of ``tokens_out`` (the decode token buffer).
+    With ``argmax_done`` (a graph wrote the argmax there) plain greedy rows keep what is there;
+    sampled batches and penalised greedy ones overwrite it."""
+    out = torch.full((MAX_NUM_SEQS + 2,), -1, dtype=torch.int64)
+    staging = HostStaging(MAX_NUM_SEQS, 4, packed_bytes(MAX_NUM_SEQS), pin=False)
+    sampler = Sampler(torch.device("cpu"), MAX_NUM_SEQS, staging, PendingTokens(), tokens_out=out)
+    pool = make_pool()
+    logits = torch.randn(3, VOCAB, generator=torch.Generator().manual_seed(4))
+    greedy = [pool[1], Sequence([1, 2], SamplingParams(temperature=0), seed=0),
+              Sequence([3], SamplingParams(temperature=0), seed=0)]
+    tokens, _ = sampler.sample(greedy, logits).wait()
+    assert tokens == logits.argmax(-1).tolist() == out[:3].tolist() and out[3:].eq(-1).all()
+    assert sampler.pending.tokens.data_ptr() == out.data_ptr()
+    out[:3] = torch.tensor([5, 6, 7])  # as if a graph had written them: kept
+    assert sampler.sample(greedy, logits, argmax_done=True).wait()[0] == [5, 6, 7]
+    out[:1] = 5
+    penalised = [pool[6]]  # greedy with a frequency penalty: the graph's argmax is stale
+    assert sampler.sample(penalised, logits[:1], argmax_done=True).wait()[0] == tokens_as_before(
+        sampler, penalised, logits[:1]).tolist()
+    sampled = [pool[0], pool[2]]
+    want = tokens_as_before(sampler, sampled, logits[:2]).tolist()
+    assert sampler.sample(sampled, logits[:2], argmax_done=True).wait()[0] == want == out[:2].tolist()
+
+
 def test_penalties_need_every_token_on_the_host():
     sampler = make_sampler()
     s = make_pool()[5]

@@ -69,12 +69,31 @@ def test_prepare_decode_fills_buffers_and_pads():
     assert inputs.decode_context_lens[:5].tolist() == [5, 1, 9, 0, 0]
     assert inputs.decode_block_tables[:3, :3].tolist() == [[3, 7, 0], [4, 0, 0], [1, 2, 6]]
     # It went through the current staging set, not the other one.
-    assert inputs.staging.current.rows[3, :3].tolist() == [5, 1, 9]
-    assert inputs.staging.sets[1 - inputs.staging.parity].rows.eq(0).all()
+    assert inputs.staging.current.decode.context_lens[:3].tolist() == [5, 1, 9]
+    assert inputs.staging.sets[1 - inputs.staging.parity].decode.raw.eq(0).all()
     # A smaller batch after it: the rows past it become padding again.
     inputs.staging.flip()
     inputs.prepare_decode(seqs[:1], num_rows=2)
     assert inputs.decode_context_lens[:2].tolist() == [5, 0] and inputs.decode_slots[:2].tolist() == [slot(seqs[0], 4), -1]
+
+
+def test_prepare_decode_long_tables_take_a_second_copy(monkeypatch):
+    """Past the one-copy limit the tables travel alone, only their used columns; the device
+    buffers hold the same either way."""
+    import ember.engine.step_inputs as step_inputs
+
+    seqs = [make_seq(5, [3, 7]), make_seq(1, [4]), make_seq(9, [1, 2, 6])]
+    filled = {}
+    for limit in (1 << 20, 0):
+        monkeypatch.setattr(step_inputs, "_ONE_COPY_TABLE_BYTES", limit)
+        inputs = make_inputs()
+        inputs.decode.block_tables.fill_(-7)  # stale entries past the used columns stay untouched
+        inputs.prepare_decode(seqs, num_rows=4)
+        filled[limit] = inputs.decode.block_tables.clone()
+        assert inputs.decode_slots[:4].tolist() == [slot(s, len(s) - 1) for s in seqs] + [-1]
+    assert filled[0][:3, :3].tolist() == filled[1 << 20][:3, :3].tolist() == [[3, 7, 0], [4, 0, 0], [1, 2, 6]]
+    assert filled[0][:, 3:].eq(-7).all() and filled[0][3:].eq(-7).all()
+    assert filled[1 << 20][3:].eq(-7).all()  # whole rows, but only the batch's
 
 
 def pending_seq(num_tokens: int, blocks: list[int], cached: int) -> Sequence:
@@ -87,18 +106,38 @@ def test_pending_tokens_filled_on_the_device():
     inputs = make_inputs()
     a, b, c = pending_seq(4, [1, 2], 4), pending_seq(6, [3, 4], 6), make_seq(3, [5], 2)
     sampled = torch.tensor([70, 71, 72])
-    # Steady decode: the same sequences in the same rows as the step that sampled them.
+    # Tokens sampled elsewhere than the decode buffer (not what the sampler does): gathered.
     inputs.pending.record(sampled[:2], [a, b])
     assert inputs.pending.sources([a, b], [0, 1]) == ([0, 1], [0, 1])
     inputs.prepare_decode([a, b])
     assert inputs.decode_input_ids[:2].tolist() == [70, 71]
-    # Rows moved (c joined, b now first): copied by index.
-    inputs.pending.record(sampled, [c, a, b])
+    assert inputs.pending.tokens is inputs.decode_input_ids  # and now known to sit there
+    # Rows moved (c joined, b now first): copied by index, before the host's ids land.
+    ids = inputs.decode_input_ids
+    ids[:3] = sampled
+    inputs.pending.record(ids[:3], [c, a, b])
     inputs.prepare_decode([b, c, a])
-    assert inputs.pending.sources([b, c, a], [0, 1, 2]) == ([0, 2], [2, 1])
     assert inputs.decode_input_ids[:3].tolist() == [72, c.token_ids[-1], 71]
+    assert inputs.pending.rows == {b.seq_id: 0, c.seq_id: 1, a.seq_id: 2}
+    # Steady decode, tokens written into the decode buffer by the sampler: nothing is copied,
+    # not even the host's placeholder for them.
+    ids[:3] = torch.tensor([80, 81, 82])
+    inputs.pending.record(ids[:3], [b, c, a])
+    inputs.staging.flip()
+    inputs.prepare_decode([b, a], num_rows=2)  # c left: rows moved, gathered again
+    assert inputs.decode_input_ids[:2].tolist() == [80, 82]
+    inputs.pending.record(ids[:2], [b, a])
+    ids[:2] = torch.tensor([90, 91])
+    inputs.staging.flip()
+    inputs.staging.current.input_ids.fill_(-5)
+    inputs.prepare_decode([b, a], num_rows=4)
+    assert inputs.decode_input_ids[:2].tolist() == [90, 91]
+    assert inputs.staging.current.input_ids.eq(-5).all()  # the host staged no ids this time
+    # The same step prepared again (as tests do) finds the tokens in place.
+    inputs.prepare_decode([b, a], num_rows=4)
+    assert inputs.decode_input_ids[:2].tolist() == [90, 91]
     # Prefill path: a placeholder is the last row of its sequence's chunk.
     input_ids, _, _, last_rows = inputs.prepare_prefill([c, a], [1, 1])
-    assert input_ids.tolist() == [c.token_ids[-1], 71] and a.token_ids[-1] == PENDING_TOKEN
+    assert input_ids.tolist() == [c.token_ids[-1], 91] and a.token_ids[-1] == PENDING_TOKEN
     assert inputs.pending.sources([c, a], last_rows) == ([1], [1])
     assert inputs.pending.sources([c], [0]) is None

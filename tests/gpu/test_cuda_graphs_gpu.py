@@ -39,8 +39,9 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def make_llm(folder: Path, dtype: str, **kwargs) -> LLM:
+    kwargs.setdefault("max_num_seqs", MAX_NUM_SEQS)
     return LLM(str(folder), dtype=dtype, device="cuda", load_format="dummy", seed=0, max_model_len=512,
-               max_num_seqs=MAX_NUM_SEQS, progress=False, **kwargs)
+               progress=False, **kwargs)
 
 
 def prompts(batch_size: int) -> list[list[int]]:
@@ -140,3 +141,41 @@ def test_graph_decode_with_pdl_matches_without(model_dir, monkeypatch):
         f.write(json.dumps(dict(test="cuda_graph_pdl_vs_no_pdl", identical_seqs=same, batch_sizes=BATCH_SIZES)) + "\n")
     for b in BATCH_SIZES:
         assert got[True][b] == got[False][b], f"batch {b}: {same[b]}/{b} sequences identical"
+
+
+MIXED = [
+    SamplingParams(temperature=0, max_tokens=16, ignore_eos=True),
+    SamplingParams(temperature=0.8, seed=3, max_tokens=16, ignore_eos=True),
+    SamplingParams(temperature=0, repetition_penalty=1.3, max_tokens=16, ignore_eos=True),
+    SamplingParams(temperature=0.7, top_p=0.9, seed=5, logprobs=2, max_tokens=16, ignore_eos=True),
+    SamplingParams(temperature=0, logprobs=1, max_tokens=12, ignore_eos=True),
+]
+
+
+def test_graph_decode_with_mixed_sampling_matches_eager(model_dir):
+    """Small buckets' graphs write the greedy argmax into the decode token buffer, larger ones
+    leave it to the sampler; either way sampled, penalised and logprob rows beside greedy ones
+    must give eager decoding's tokens and logprobs (seeded sampling makes that exact)."""
+    def run(llm):
+        out = {}
+        for b in (5, 40):  # buckets 8 (argmax in the graph) and 48 (not)
+            params = [MIXED[i % len(MIXED)] for i in range(b)]
+            outs = llm.generate(prompts(b), params, use_tqdm=False)
+            out[b] = [(o.token_ids, [lp and (lp.token_id, round(lp.logprob, 5)) for lp in (o.logprobs or [])])
+                      for o in outs]
+        return out
+
+    want = run(make_llm(model_dir, "bfloat16", enforce_eager=True, max_num_seqs=48))
+    free_gpu()
+    llm = make_llm(model_dir, "bfloat16", max_num_seqs=48)
+    graphs = llm.engine.runner.cuda_graphs
+    assert sorted(graphs.graphs) == [1, 2, 4, 8, 16, 24, 32, 48] and 8 in graphs.argmax_buckets
+    assert 48 not in graphs.argmax_buckets
+    got = run(llm)
+    del llm
+    free_gpu()
+    same = {b: sum(g == w for g, w in zip(got[b], want[b])) for b in got}
+    with REPORT.open("a") as f:
+        f.write(json.dumps(dict(test="cuda_graph_vs_eager_mixed_sampling", identical_seqs=same)) + "\n")
+    for b in got:
+        assert got[b] == want[b], f"batch {b}: {same[b]}/{b} sequences identical"

@@ -3,12 +3,14 @@
 The runner orchestrates; the parts live beside it:
 
 - ``step_inputs``: token ids, positions, slots, context lengths and block tables on the
-  device. Decode inputs go through preallocated buffers filled by one host-to-device copy
-  each, and the step itself never waits on the device.
+  device. Decode inputs go through preallocated buffers, filled by one host-to-device copy
+  (token ids stay where the last step's sampler wrote them when the rows are unchanged), and
+  the step itself never waits on the device.
 - ``host_staging``: the pinned, double-buffered host memory those copies go through.
 - ``cuda_graphs``: on CUDA a pure decode step replays a CUDA graph: one per batch-size bucket,
   captured at start-up over the model forward and its logits (the LM head writing into a fixed
-  buffer, in the model dtype: the sampler upcasts on read); a batch runs padded to the
+  buffer, in the model dtype: the sampler upcasts on read) and, for small buckets, the greedy
+  argmax; a batch runs padded to the
   smallest bucket that holds it (``enforce_eager`` turns this off).
 - ``sampler`` (and ``sampler_inputs``, its per-row parameters): penalties, sampling, logprobs.
 
@@ -56,25 +58,28 @@ class ModelRunner:
         self.pending = PendingTokens()
         self.inputs = StepInputs(max_num_seqs, self.max_blocks_per_seq, self.block_size, device, self.staging,
                                  self.pending)
-        self.sampler = Sampler(device, max_num_seqs, self.staging, self.pending)
+        # The sampler writes each step's tokens where the next decode step reads its input ids.
+        self.sampler = Sampler(device, max_num_seqs, self.staging, self.pending, self.inputs.decode_input_ids)
         self.cuda_graphs = DecodeGraphs(model, cfg, self.inputs, self.block_size, self.max_blocks_per_seq, device)
         if device.type == "cuda" and not enforce_eager:
             self.cuda_graphs.capture(max_num_seqs)
 
     # ----- decode: eager, padded to a bucket, or a captured graph ---------------------------
-    def _run_decode_padded(self, seqs: list[Sequence], bucket: int) -> torch.Tensor:
+    def _run_decode_padded(self, seqs: list[Sequence], bucket: int) -> tuple[torch.Tensor, bool]:
         """Logits [len(seqs), vocab] (model dtype) of a decode batch run as ``bucket`` rows: by replaying
-        the bucket's graph, or eagerly when it has none. Padding rows' logits are dropped."""
+        the bucket's graph, or eagerly when it has none. Padding rows' logits are dropped. Also
+        whether the graph already wrote the greedy tokens."""
         self.inputs.prepare_decode(seqs, num_rows=bucket)
         return self.cuda_graphs.run_bucket(bucket, len(seqs))
 
-    def decode_logits(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Logits [len(seqs), vocab] (model dtype) for one decode token per sequence."""
+    def decode_logits(self, seqs: list[Sequence]) -> tuple[torch.Tensor, bool]:
+        """Logits [len(seqs), vocab] (model dtype) for one decode token per sequence, and whether
+        their argmax is already in the decode token buffer."""
         bucket = pick_bucket(self.cuda_graphs.buckets, len(seqs))
         if bucket is not None:
             return self._run_decode_padded(seqs, bucket)
         self.inputs.prepare_decode(seqs)  # no buckets (CPU, enforce_eager) or past the largest one
-        return self.cuda_graphs.forward(len(seqs))
+        return self.cuda_graphs.forward(len(seqs)), False
 
     # ----- one step --------------------------------------------------------------------------
     @torch.inference_mode()
@@ -85,9 +90,10 @@ class ModelRunner:
         Does not advance ``num_cached_tokens``: the scheduler does that after the launch.
         """
         self.staging.flip()
+        argmax_done = False
         if batch.is_pure_decode:
             seqs = batch.seqs
-            logits = self.decode_logits(seqs)
+            logits, argmax_done = self.decode_logits(seqs)
         else:  # prompt chunks, possibly mixed with decode rows (q_len 1 over their context)
             seqs = batch.sampling_seqs
             input_ids, positions, meta, last_rows = self.inputs.prepare_prefill(batch.seqs, batch.num_new_tokens)
@@ -97,7 +103,7 @@ class ModelRunner:
             rows = [r for r, p in zip(last_rows, batch.produces_token) if p]
             hidden = hidden[self.inputs.to_device(rows, torch.int64)]
             logits = self.model.compute_logits(hidden)
-        return self.sampler.sample(seqs, logits)
+        return self.sampler.sample(seqs, logits, argmax_done)
 
     @torch.inference_mode()
     def prompt_logits(self, seqs: list[Sequence]) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 Nothing here waits for the device: ``Sampler.sample`` launches the penalties, the sampling
 and the copies back to the host, and returns a ``SampledStep`` to wait on later. The sampled
-tokens also stay on the device (``PendingTokens``) for the next step's inputs.
+tokens also stay on the device (``PendingTokens``) for the next step's inputs: they are written
+into the decode token buffer (``tokens_out``), where a next decode step of the same rows reads
+them as they are. A decode graph may already have written the greedy tokens there.
 """
 
 from __future__ import annotations
@@ -50,8 +52,12 @@ class SampledStep:
 class Sampler:
     """Penalties, sampling and logprobs of a step's rows, launched without waiting."""
 
-    def __init__(self, device: torch.device, max_num_seqs: int, staging: HostStaging, pending: PendingTokens):
+    def __init__(self, device: torch.device, max_num_seqs: int, staging: HostStaging, pending: PendingTokens,
+                 tokens_out: torch.Tensor | None = None):
         self.device = device
+        # int64 [>= max_num_seqs] on the device: each step's tokens land in its first rows.
+        self.tokens_out = torch.zeros(max_num_seqs, dtype=torch.int64, device=device) if tokens_out is None \
+            else tokens_out
         self.pin = device.type == "cuda"
         self.staging = staging
         self.pending = pending
@@ -75,9 +81,10 @@ class Sampler:
                 counts[i].scatter_add_(0, out_t, torch.ones_like(out_t, dtype=torch.int32))
         return prompt_mask, counts
 
-    def sample(self, seqs: list[Sequence], logits: torch.Tensor) -> SampledStep:
-        """Sample one token per row on the device and start copying them to the host; nothing
-        here waits for the device."""
+    def sample(self, seqs: list[Sequence], logits: torch.Tensor, argmax_done: bool = False) -> SampledStep:
+        """Sample one token per row on the device into ``tokens_out`` and start copying them to
+        the host; nothing here waits for the device. ``argmax_done``: ``tokens_out`` already
+        holds the logits' argmax (a decode graph computed it), which greedy rows then keep."""
         params = [s.params for s in seqs]
         want_logprobs = [p.logprobs is not None for p in params]
         raw = logits if any(want_logprobs) else None
@@ -92,11 +99,12 @@ class Sampler:
             prompt_mask, counts = self._penalty_state(seqs, logits.shape[1])
             ops.apply_penalties(logits, prompt_mask, counts, rows["presence_penalty"], rows["frequency_penalty"],
                                 rows["repetition_penalty"])
-        if greedy:
-            tokens = logits.argmax(dim=-1)
-        else:
-            tokens = ops.sample_tokens(logits, rows["temperature"], rows["top_k"], rows["top_p"], rows["min_p"],
-                                       rows["seeds"], rows["steps"])
+        tokens = self.tokens_out[: len(seqs)]
+        if not greedy:
+            tokens.copy_(ops.sample_tokens(logits, rows["temperature"], rows["top_k"], rows["top_p"], rows["min_p"],
+                                           rows["seeds"], rows["steps"]))
+        elif needs_penalties or not argmax_done:  # penalties changed the logits the graph saw
+            torch.argmax(logits, dim=-1, out=tokens)
         device_results = [tokens]
         if raw is not None:
             device_results += compute_logprobs(raw, tokens, max(p.logprobs or 0 for p in params))
@@ -105,8 +113,8 @@ class Sampler:
             # Rare (logprobs): fresh pinned buffers, freed by the caching host allocator once copied.
             host = [tokens_host, *(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
                                    for t in device_results[1:])]
-        else:
-            host = device_results
+        else:  # the next step overwrites tokens_out before this step is read
+            host = [tokens.clone(), *device_results[1:]]
         ready = staging.ready
         if ready is not None:
             ready.record()

@@ -3,9 +3,14 @@ and block tables.
 
 Prefill inputs are built fresh each step, their size varies with the chunks. Decode inputs go
 into preallocated device buffers (fixed addresses, which CUDA graphs capture) through the
-pinned ``HostStaging``: a few copies, none waited for. With async scheduling a sequence's last
-token may not have reached the host yet; its value is copied in on the device from
-``PendingTokens``.
+pinned ``HostStaging``: one copy, not waited for, for positions, slots, context lengths and
+block tables together.
+
+Token ids take another way. With async scheduling a sequence's last token may not have reached
+the host yet: it is on the device, in ``PendingTokens``. The sampler writes every step's tokens
+into the decode token buffer itself, so in steady decode (the same sequences in the same rows as
+the step before) the next step's input ids are already in place and nothing is copied; other
+steps gather the pending tokens on the device and copy the rest from the host.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ember.engine.host_staging import HostStaging, copy_to_device
+from ember.engine.host_staging import HostStaging, PackedDecodeInputs, copy_to_device
 from ember.engine.sequence import Sequence
 from ember.layers.attention import AttentionMetadata
 
@@ -30,6 +35,11 @@ def block_tables(seqs: list[Sequence]) -> np.ndarray:
     return tables
 
 
+# Up to this many bytes of block tables travel with the other decode inputs in one copy: at
+# batch 1 a whole 2,560-block table (40k tokens) is 10 KiB, still one small copy.
+_ONE_COPY_TABLE_BYTES = 64 * 1024
+
+
 class PendingTokens:
     """The last launch's sampled tokens on the device, and each sequence's row in them: the
     next step reads a token the host has not seen yet from here. The sampler records them."""
@@ -42,7 +52,7 @@ class PendingTokens:
         self.tokens = tokens
         self.rows = {s.seq_id: i for i, s in enumerate(seqs)}
 
-    def sources(self, seqs: list[Sequence], rows: list[int]) -> tuple[list[int], list[int]] | None:
+    def sources(self, seqs: list[Sequence], rows) -> tuple[list[int], list[int]] | None:
         """For the sequences whose input token ``rows[i]`` is still a placeholder: that input
         row, and the row of the previous step's sampled tokens that holds its value."""
         dst, src = [], []
@@ -65,12 +75,14 @@ class StepInputs:
         self.staging = staging
         self.pending = pending
         n, dev = max_num_seqs, device
-        # Decode-step buffers, reused every step (fixed addresses for graph capture).
+        # Decode-step buffers, reused every step (fixed addresses for graph capture). The token
+        # ids are also where the sampler writes each step's tokens (``Sampler.tokens_out``).
         self.decode_input_ids = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.decode_positions = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.decode_slots = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.decode_context_lens = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.decode_block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int32, device=dev)
+        self.decode = PackedDecodeInputs(n, max_blocks_per_seq, device=dev)
+        self.decode_positions = self.decode.positions
+        self.decode_slots = self.decode.slots
+        self.decode_context_lens = self.decode.context_lens
+        self.decode_block_tables = self.decode.block_tables
 
     def to_device(self, data, dtype) -> torch.Tensor:
         return copy_to_device(data, dtype, self.device, self.pin)
@@ -121,29 +133,46 @@ class StepInputs:
     def prepare_decode(self, seqs: list[Sequence], num_rows: int | None = None) -> None:
         """Fill the first ``num_rows`` (default: one per sequence) rows of the decode buffers.
 
-        Rows past the sequences are padding: token 0 at position 0 with context length 0 and
-        slot -1, so they write no K/V and attend to nothing (the kernels return zeros).
+        Rows past the sequences are padding: position 0 with context length 0 and slot -1, so
+        they write no K/V and attend to nothing (the kernels return zeros); their token is any
+        valid id (0, or what a graph's argmax left there).
         """
         b = len(seqs)
         n = b if num_rows is None else num_rows
         staging = self.staging.current
+        host = staging.decode
         tables = block_tables(seqs)
         width = tables.shape[1]
         lens = np.fromiter(map(len, seqs), np.int64, b)
         pos = lens - 1
-        host = staging.rows.numpy()[:, :n]  # token, position, slot, context length
-        host[0, :b] = np.fromiter((s.token_ids[-1] for s in seqs), np.int64, b)
-        host[1, :b] = pos
-        host[2, :b] = tables[np.arange(b), pos // self.block_size].astype(np.int64) * self.block_size \
-            + pos % self.block_size
-        host[3, :b] = lens
-        host[:, b:] = [[0], [0], [-1], [0]]
-        staging.tables.numpy()[:b, :width] = tables
-        rows = staging.rows
-        for dst, i in ((self.decode_input_ids, 0), (self.decode_positions, 1), (self.decode_slots, 2),
-                       (self.decode_context_lens, 3)):
-            dst[:n].copy_(rows[i, :n], non_blocking=True)
-        # Only the columns in use: entries past a row's context length are never read, so
-        # stale ones (and padding rows' tables) are harmless, and the host work stays small.
-        self.decode_block_tables[:b, :width].copy_(staging.tables[:b, :width], non_blocking=True)
-        self._fill_pending(self.decode_input_ids, self.pending.sources(seqs, list(range(b))))
+        host.positions.numpy()[:n] = np.pad(pos, (0, n - b))
+        slots = tables[np.arange(b), pos // self.block_size].astype(np.int64) * self.block_size + pos % self.block_size
+        host.slots.numpy()[:n] = np.pad(slots, (0, n - b), constant_values=-1)
+        host.context_lens.numpy()[:n] = np.pad(lens, (0, n - b))
+        host.block_tables.numpy()[:b, :width] = tables
+        # Block-table entries past a row's context length are never read, so stale ones (and
+        # padding rows' tables) are harmless: whole rows travel when that keeps it one copy.
+        dev = self.decode
+        if b * host.row_bytes <= _ONE_COPY_TABLE_BYTES:
+            used = host.used_bytes(b)
+            dev.raw[:used].copy_(host.raw[:used], non_blocking=True)
+        else:  # long tables: only the columns in use, in a second (strided) copy
+            dev.raw[: host.header_bytes].copy_(host.raw[: host.header_bytes], non_blocking=True)
+            dev.block_tables[:b, :width].copy_(host.block_tables[:b, :width], non_blocking=True)
+        self._decode_input_ids(seqs, n)
+
+    def _decode_input_ids(self, seqs: list[Sequence], n: int) -> None:
+        b, ids = len(seqs), self.decode_input_ids
+        sources = self.pending.sources(seqs, range(b))
+        if sources is not None and len(sources[0]) == b and sources[0] == sources[1] == list(range(b)) \
+                and self.pending.tokens.data_ptr() == ids.data_ptr():
+            return  # steady decode: the last step's sampler wrote these very rows
+        gathered = None
+        if sources is not None:  # read before the copy below overwrites the tokens' buffer
+            gathered = self.pending.tokens.index_select(0, self.to_device(sources[1], torch.int64))
+        staged = self.staging.current.input_ids
+        staged.numpy()[:n] = np.pad(np.fromiter((s.token_ids[-1] for s in seqs), np.int64, b), (0, n - b))
+        ids[:n].copy_(staged[:n], non_blocking=True)
+        if gathered is not None:
+            ids.index_copy_(0, self.to_device(sources[0], torch.int64), gathered)
+            self.pending.record(ids, seqs)  # the pending tokens now sit in these rows
