@@ -15,6 +15,7 @@
 #   pmlp         benchmarks/persistent_mlp.py: the MLP as one persistent kernel with a grid barrier
 #                (an experiment; a hang is the barrier's, and the timeout ends it)
 #   breakdown    benchmarks/step_breakdown.py (graph GPU time, host phases, kernels)
+#   timeline     benchmarks/decode_timeline.py: batch-1 decode steps' device timeline and gaps, 0.6B and 8B
 #   throughput   benchmarks/throughput.py: 0.6B with HF in the same run, 8B Ember alone
 #   bench        bench8 then bench06
 #   bench8       ember bench: the 8B grid (issue #3's batch 1 / 32 at 128, 2,048 and 8,192 tokens)
@@ -62,6 +63,8 @@ for step in "$@"; do
     pdl) timeout 280 python3 benchmarks/pdl_check.py --shapes 0.6B,8B --batch-sizes 1,32 --out "$OUT/pdl_check.json" ;;
     breakdown) timeout 200 python3 benchmarks/step_breakdown.py --shapes 0.6B,8B --batch-sizes 1,32 \
              --out "$OUT/step_breakdown.json" 2>&1 | grep -v -i warn | tee "$OUT/step_breakdown.txt" ;;
+    timeline) for m in 0.6B 8B; do timeout 110 python3 benchmarks/decode_timeline.py -m /tmp/qwen3-$m \
+             --out "$OUT/tl-$m" 2>&1 | grep -v -i warn; done ;;
     throughput)
       timeout 300 python3 benchmarks/throughput.py -m /tmp/qwen3-0.6B --load-format dummy --compare hf \
         --hf-num-requests 64 --hf-batch-size 64 --out "$OUT/tp-0.6B" 2>&1 | grep -E "^\| |throughput: (Ember|HF):"
