@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # The device calls that produce the committed results (Qwen3-0.6B/8B shapes, dummy weights).
 # Usage: bash benchmarks/gpu_final.sh STEP...   with STEP among
-#   tests        every GPU test of the engine, graphs and projections
+#   tests        every GPU test of the engine, graphs and projections (also: gputests)
 #   kerneltests  the kernel tests alone (linear, attention, norm), compiled on the GPU
-#   gputests     only the tests marked gpu (ops, graphs, engine against HF): a quicker "tests"
 #   attn_sweep   benchmarks/decode_attention_sweep.py: split count, split length, merge mode
 #   attn_fused   benchmarks/decode_attention_sweep.py --fused: q/k-norm + RoPE folded into attention or not
 #   norm_sweep   benchmarks/gemv_sweep.py for the fused forms only (add epilogue, norm prologue,
@@ -12,8 +11,6 @@
 #   tp06         benchmarks/throughput.py, 0.6B, Ember alone
 #   sweep        benchmarks/gemv_sweep.py: skinny GEMM vs cuBLAS at the 0.6B and 8B projections
 #   pdl          benchmarks/pdl_check.py: the decode graph with and without PDL
-#   pmlp         benchmarks/persistent_mlp.py: the MLP as one persistent kernel with a grid barrier
-#                (an experiment; a hang is the barrier's, and the timeout ends it)
 #   breakdown    benchmarks/step_breakdown.py (graph GPU time, host phases, kernels)
 #   timeline     benchmarks/decode_timeline.py: batch-1 decode steps' device timeline and gaps, 0.6B and 8B
 #   throughput   benchmarks/throughput.py: 0.6B with HF in the same run, 8B Ember alone
@@ -38,10 +35,8 @@ PY
 bench() { timeout ${BENCH_TIMEOUT:-230} python3 -m ember.cli.main bench --load-format dummy "$@" 2>&1 | tail -14; }
 for step in "$@"; do
   case $step in
-    tests) timeout 420 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/gpu tests/engine \
-             2>&1 | tee "$OUT/pytest_gpu.log" | tail -6 ;;
-    gputests) timeout ${GPUTESTS_TIMEOUT:-480} python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops tests/gpu tests/engine \
-             2>&1 | tee "$OUT/pytest_gpu.log" | tail -6 ;;
+    tests|gputests) timeout ${GPUTESTS_TIMEOUT:-570} python3 -m pytest -q -m gpu -p no:cacheprovider tests/ops \
+             tests/gpu tests/engine 2>&1 | tee "$OUT/pytest_gpu.log" | tail -6 ;;
     kerneltests) timeout 300 python3 -m pytest -q -p no:cacheprovider tests/ops/test_linear.py \
              tests/ops/test_attention.py tests/ops/test_norm.py 2>&1 | tee "$OUT/pytest_kernels.log" | tail -6 ;;
     attn_sweep) timeout 300 python3 benchmarks/decode_attention_sweep.py --out "$OUT/decode_attention_sweep.json" \
@@ -58,8 +53,6 @@ for step in "$@"; do
              2>&1 | tail -25 ;;
     sweep) timeout 240 python3 benchmarks/gemv_sweep.py --models 0.6B,8B --out "$OUT/gemv_sweep.json" 2>&1 \
              | tee "$OUT/gemv_sweep.txt" | tail -45 ;;
-    pmlp) timeout 240 python3 benchmarks/persistent_mlp.py --out "$OUT/persistent_mlp.json" 2>&1 \
-             | tee "$OUT/persistent_mlp.txt" | tail -60 ;;
     pdl) timeout 280 python3 benchmarks/pdl_check.py --shapes 0.6B,8B --batch-sizes 1,32 --out "$OUT/pdl_check.json" ;;
     breakdown) timeout 200 python3 benchmarks/step_breakdown.py --shapes 0.6B,8B --batch-sizes 1,32 \
              --out "$OUT/step_breakdown.json" 2>&1 | grep -v -i warn | tee "$OUT/step_breakdown.txt" ;;

@@ -164,7 +164,7 @@ class StepInputs:
     def _decode_input_ids(self, seqs: list[Sequence], n: int) -> None:
         b, ids = len(seqs), self.decode_input_ids
         sources = self.pending.sources(seqs, range(b))
-        if sources is not None and len(sources[0]) == b and sources[0] == sources[1] == list(range(b)) \
+        if sources is not None and sources[0] == sources[1] == list(range(b)) \
                 and self.pending.tokens.data_ptr() == ids.data_ptr():
             return  # steady decode: the last step's sampler wrote these very rows
         gathered = None
