@@ -252,7 +252,12 @@ FUSED_CTX_LENS = [0, 1, 64, 65, 150]
     (torch.bfloat16, 4, 1, 3, "launch"),
     (torch.float32, 1, 1, 3, "launch"),
 ])
-def test_fused_norm_rope_equals_the_two_kernels(dtype, num_q_heads, num_kv_heads, num_splits, merge):
+@pytest.mark.parametrize("preload_min_splits", [1, 1 << 20], ids=["preload", "wait-first"])
+def test_fused_norm_rope_equals_the_two_kernels(dtype, num_q_heads, num_kv_heads, num_splits, merge,
+                                                 preload_min_splits, monkeypatch):
+    # Both forms of the split kernel: the first key tile loaded before the PDL wait and the new
+    # token's row patched in (the engine's small batches), or every tile loaded after the store.
+    monkeypatch.setattr(decode_attention, "DECODE_PRELOAD_MIN_SPLITS", preload_min_splits)
     rope_args, attn_args = make_norm_rope_decode(FUSED_CTX_LENS, num_q_heads, num_kv_heads, 32, dtype,
                                                  block_size=16, seed=51)
     workspace, counters = make_scratch(len(FUSED_CTX_LENS), num_q_heads, num_kv_heads, 32, num_splits)

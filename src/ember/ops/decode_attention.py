@@ -12,6 +12,12 @@ cache before reading it. Every rounding step is the two kernels' (bitwise equal 
 interpreter); compiled together on an H200, about 1 in 1,000 new K values and ~5-10% of the bf16
 outputs came out one rounding apart from the two kernels', within tolerance (the sum of a head's
 squares runs in another order, and the compiler schedules the rope with the attention).
+
+At small batches (many splits) the fused kernel also loads, before its PDL wait, what no kernel of
+the step writes: context length, block table, position, slot and its first key tile. At short
+contexts that is most of a split's chain of dependent loads, which then runs under the qkv
+projection's tail (H200, batch 1: -2.2 us per layer at 8B, -1.2 us at 0.6B). The new token's row
+of that tile is patched in from registers after the wait.
 """
 
 import math
@@ -22,7 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from ember.ops.dispatch import pdl_enabled, pdl_sync, use_triton
-from ember.ops.paged_kv import attend_reference, attend_tile, check_inputs, gather_kv
+from ember.ops.paged_kv import attend_kv, attend_reference, attend_tile, check_inputs, gather_kv, load_kv_tile
 from ember.ops.rope import _norm_rope_heads, qk_norm_rope_store_kv_reference
 
 # ---------------------------------------------------------------- tunables (H100 / H200)
@@ -42,6 +48,8 @@ DECODE_MIN_TOKENS_PER_SPLIT = 64
 # program's merge sits on the critical path and "launch" is up to 2.2x faster (8B, batch 1,
 # 8192 tokens: 34.6 -> 15.5 us); with 2 splits (batch 32) the single launch is faster.
 DECODE_LAUNCH_MERGE_MIN_SPLITS = 8
+# From this many splits the fused kernel loads before its PDL wait (see _decode_attention).
+DECODE_PRELOAD_MIN_SPLITS = 8
 
 
 def decode_merge_mode(num_splits: int) -> str:
@@ -108,37 +116,37 @@ def _rope_cos_sin(cos_sin_ptr, positions_ptr, seq, HALF_DIM: tl.constexpr, dtype
 
 
 @triton.jit
-def _store_new_kv(k_ptr, v_ptr, k_norm_weight_ptr, cos_sin_ptr, positions_ptr, slot_mapping_ptr, k_cache_ptr,
-                  v_cache_ptr, seq, kv_head, eps, stride_k_seq, stride_k_head, stride_v_seq, stride_v_head,
-                  stride_kv_block, stride_kv_offset, stride_kv_head,
-                  BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr):
-    """NORM_ROPE: the new token's normed+roped k and its v for one kv head into the cache at
-    slot_mapping[seq] (nothing for a negative slot), as _qk_norm_rope_store_kv_kernel stores them;
-    then a CTA barrier, so that the program's own later loads of that slot see the stores."""
-    slot = tl.load(slot_mapping_ptr + seq).to(tl.int64)
-    if slot >= 0:
-        HALF_DIM: tl.constexpr = HEAD_DIM // 2
-        dtype = k_ptr.dtype.element_ty
-        half = tl.arange(0, HALF_DIM)[None, :]
-        cos, sin = _rope_cos_sin(cos_sin_ptr, positions_ptr, seq, HALF_DIM, dtype)
-        src = k_ptr + seq.to(tl.int64) * stride_k_seq + kv_head * stride_k_head
-        k1, k2 = _norm_rope_heads(src, k_norm_weight_ptr, half, half < HALF_DIM, cos, sin, eps, HALF_DIM, dtype)
-        dst = (slot // BLOCK_SIZE) * stride_kv_block + (slot % BLOCK_SIZE) * stride_kv_offset + kv_head * stride_kv_head
-        tl.store(k_cache_ptr + dst + half, k1.to(k_cache_ptr.dtype.element_ty))
-        tl.store(k_cache_ptr + dst + HALF_DIM + half, k2.to(k_cache_ptr.dtype.element_ty))
-        offs_d = tl.arange(0, HEAD_DIM)
-        v = tl.load(v_ptr + seq.to(tl.int64) * stride_v_seq + kv_head * stride_v_head + offs_d)
-        tl.store(v_cache_ptr + dst + offs_d, v.to(v_cache_ptr.dtype.element_ty))
-        tl.debug_barrier()  # every thread's stores before any thread's loads of the tile loop
+def _store_new_kv(k_ptr, v_ptr, k_norm_weight_ptr, cos, sin, slot, k_cache_ptr, v_cache_ptr, seq, kv_head, eps,
+                  stride_k_seq, stride_k_head, stride_v_seq, stride_v_head, stride_kv_block, stride_kv_offset,
+                  stride_kv_head, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """NORM_ROPE: the new token's normed+roped k and its v for one kv head into the cache at ``slot``
+    (>= 0), as _qk_norm_rope_store_kv_kernel stores them; then a CTA barrier, so that the program's
+    own later loads of that slot see the stores. Returns both rows, [1, HEAD_DIM] in the cache dtype."""
+    HALF_DIM: tl.constexpr = HEAD_DIM // 2
+    half = tl.arange(0, HALF_DIM)[None, :]
+    src = k_ptr + seq.to(tl.int64) * stride_k_seq + kv_head * stride_k_head
+    k1, k2 = _norm_rope_heads(src, k_norm_weight_ptr, half, half < HALF_DIM, cos, sin, eps, HALF_DIM,
+                              k_ptr.dtype.element_ty)
+    k_row = tl.reshape(tl.permute(tl.join(k1, k2), (0, 2, 1)), (1, HEAD_DIM)).to(k_cache_ptr.dtype.element_ty)
+    offs_d = tl.arange(0, HEAD_DIM)[None, :]
+    v_row = tl.load(v_ptr + seq.to(tl.int64) * stride_v_seq + kv_head * stride_v_head + offs_d)
+    v_row = v_row.to(v_cache_ptr.dtype.element_ty)
+    dst = (slot // BLOCK_SIZE) * stride_kv_block + (slot % BLOCK_SIZE) * stride_kv_offset + kv_head * stride_kv_head
+    tl.store(k_cache_ptr + dst + offs_d, k_row)
+    tl.store(v_cache_ptr + dst + offs_d, v_row)
+    tl.debug_barrier()  # every thread's stores before any thread's loads of the tile loop
+    return k_row, v_row
 
 
 @triton.jit
-def _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start, end, qk_scale,
-                  stride_q_seq, stride_q_head, stride_kv_block, stride_kv_offset, stride_kv_head,
-                  q_norm_weight_ptr, cos_sin_ptr, positions_ptr, eps,
+def _attend_split(q_ptr, k_first, v_first, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start, end,
+                  qk_scale, stride_q_seq, stride_q_head, stride_kv_block, stride_kv_offset, stride_kv_head,
+                  q_norm_weight_ptr, cos, sin, eps,
                   GROUP: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
-                  BLOCK_N: tl.constexpr, UPCAST_DOT: tl.constexpr, NORM_ROPE: tl.constexpr):
-    """Unnormalised (acc, max, sum) of the GQA group's query heads over keys [start, end).
+                  BLOCK_N: tl.constexpr, UPCAST_DOT: tl.constexpr, NORM_ROPE: tl.constexpr,
+                  PRELOAD: tl.constexpr):
+    """Unnormalised (acc, max, sum) of the GQA group's query heads over keys [start, end); with
+    PRELOAD the caller has loaded the first tile already (k_first, v_first: see the split kernel).
 
     NORM_ROPE: q_ptr holds the raw q, which is RMS-normed and roped here exactly as
     _qk_norm_rope_store_kv_kernel does it (same rounded halves), then put back together."""
@@ -148,11 +156,10 @@ def _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head
     q_rows = q_ptr + seq.to(tl.int64) * stride_q_seq + heads[:, None] * stride_q_head
     if NORM_ROPE:
         HALF_DIM: tl.constexpr = HEAD_DIM // 2
-        dtype = q_ptr.dtype.element_ty
         half = tl.arange(0, HALF_DIM)[None, :]
-        cos, sin = _rope_cos_sin(cos_sin_ptr, positions_ptr, seq, HALF_DIM, dtype)
         mask = (offs_h < GROUP)[:, None] & (half < HALF_DIM)
-        q1, q2 = _norm_rope_heads(q_rows, q_norm_weight_ptr, half, mask, cos, sin, eps, HALF_DIM, dtype)
+        q1, q2 = _norm_rope_heads(q_rows, q_norm_weight_ptr, half, mask, cos, sin, eps, HALF_DIM,
+                                  q_ptr.dtype.element_ty)
         # [BLOCK_H, 2, HALF_DIM] -> [BLOCK_H, HEAD_DIM]: the same q tile (padding rows zero) that the
         # unfused path loads, so the dots below are the same dots.
         q = tl.reshape(tl.permute(tl.join(q1, q2), (0, 2, 1)), (BLOCK_H, HEAD_DIM))
@@ -163,7 +170,12 @@ def _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head
     m_i = tl.full([BLOCK_H], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, HEAD_DIM], dtype=tl.float32)
-    for tile_start in range(start, end, BLOCK_N):
+    loop_start = start
+    if PRELOAD:
+        acc, m_i, l_i = attend_kv(acc, m_i, l_i, q, offs_h, k_first, v_first, start, end, qk_scale, BLOCK_N, 2,
+                                  UPCAST_DOT)
+        loop_start = start + BLOCK_N
+    for tile_start in range(loop_start, end, BLOCK_N):
         acc, m_i, l_i = attend_tile(acc, m_i, l_i, q, offs_h, k_cache_ptr, v_cache_ptr, block_table_ptr,
                                      kv_head * stride_kv_head, tile_start, end, qk_scale, stride_kv_block,
                                      stride_kv_offset, BLOCK_SIZE, BLOCK_N, HEAD_DIM, 2, UPCAST_DOT)
@@ -221,12 +233,16 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_p
                          BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                          NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, MERGE_CHUNK: tl.constexpr,
                          MERGE_IN_KERNEL: tl.constexpr, UPCAST_DOT: tl.constexpr, USE_PDL: tl.constexpr,
-                         NORM_ROPE: tl.constexpr):
-    # Every program, empty split or not, waits before its first access: context lengths, block
-    # tables, q, the KV cache (the previous kernel stored this step's K/V), the partials and the
-    # counters (the previous launch's last program resets them) all follow earlier work. With
-    # NORM_ROPE, q/k/v, positions and slots come from earlier kernels too, and the cache is written.
-    if USE_PDL:
+                         NORM_ROPE: tl.constexpr, PRELOAD: tl.constexpr):
+    # Every program, empty split or not, waits (pdl_sync) before it writes anything and before it
+    # reads what the kernels before it write: q (and with NORM_ROPE the raw k/v), the partials and
+    # the counters (the previous launch's last program resets them); without NORM_ROPE also the
+    # cache, where the kernel before stored this step's K/V. With PRELOAD (NORM_ROPE at small
+    # batches, see _decode_attention) it first reads what only the step's input copy and earlier
+    # steps wrote (context length, block table, position, slot, the cached K/V of its first tile;
+    # see ops/dispatch.py): at short contexts that is the whole chain of dependent loads of a
+    # split, which then overlaps the qkv projection.
+    if USE_PDL and not PRELOAD:
         pdl_sync()
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -241,29 +257,51 @@ def _decode_split_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, partial_acc_p
     head_valid = offs_h < GROUP
     first_row = seq.to(tl.int64) * NUM_Q_HEADS + kv_head * GROUP
     rows = first_row + offs_h
+    if PRELOAD:
+        # The split's first key tile (nothing is read for an empty split: every row is masked).
+        k_first, v_first = load_kv_tile(k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head * stride_kv_head, start,
+                                        end, stride_kv_block, stride_kv_offset, BLOCK_SIZE, BLOCK_N, HEAD_DIM, 2)
+    else:
+        k_first = 0.0  # never read: the tile loop loads every tile
+        v_first = 0.0
     if NORM_ROPE:
+        cos, sin = _rope_cos_sin(cos_sin_ptr, positions_ptr, seq, HEAD_DIM // 2, q_ptr.dtype.element_ty)
+        slot = tl.load(slot_mapping_ptr + seq).to(tl.int64)
+        if USE_PDL and PRELOAD:
+            pdl_sync()
         # The new token (position ctx_len - 1) is the last key of the last non-empty split: that
-        # program alone stores its K/V (none for context_len 0), and only it reads that slot.
-        if (start < end) & (end == ctx_len):
-            _store_new_kv(k_ptr, v_ptr, k_norm_weight_ptr, cos_sin_ptr, positions_ptr, slot_mapping_ptr,
-                          k_cache_ptr, v_cache_ptr, seq, kv_head, eps, stride_k_seq, stride_k_head, stride_v_seq,
-                          stride_v_head, stride_kv_block, stride_kv_offset, stride_kv_head, BLOCK_SIZE, HEAD_DIM)
+        # program alone stores its K/V (none for context_len 0 or a negative slot), and only it
+        # reads that slot. A preloaded first tile was loaded before the store: the new row is
+        # patched in (the stored values, so the same as reloading); later tiles load after it.
+        if (start < end) & (end == ctx_len) & (slot >= 0):
+            k_row, v_row = _store_new_kv(k_ptr, v_ptr, k_norm_weight_ptr, cos, sin, slot, k_cache_ptr, v_cache_ptr,
+                                         seq, kv_head, eps, stride_k_seq, stride_k_head, stride_v_seq,
+                                         stride_v_head, stride_kv_block, stride_kv_offset, stride_kv_head,
+                                         BLOCK_SIZE, HEAD_DIM)
+            if PRELOAD:
+                is_new = (start + tl.arange(0, BLOCK_N) == ctx_len - 1)[:, None]
+                k_first = tl.where(is_new, k_row, k_first)
+                v_first = tl.where(is_new, v_row, v_first)
+    else:
+        cos = 0.0  # never read (no rope without NORM_ROPE)
+        sin = 0.0
 
     if NUM_SPLITS == 1:  # nothing to merge: write the output directly (zeros for context_len 0)
-        acc, m_i, l_i = _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start, end,
-                                      qk_scale, stride_q_seq, stride_q_head, stride_kv_block, stride_kv_offset,
-                                      stride_kv_head, q_norm_weight_ptr, cos_sin_ptr, positions_ptr, eps,
-                                      GROUP, BLOCK_H, BLOCK_SIZE, HEAD_DIM, BLOCK_N, UPCAST_DOT, NORM_ROPE)
+        acc, m_i, l_i = _attend_split(q_ptr, k_first, v_first, k_cache_ptr, v_cache_ptr, block_table_ptr, seq,
+                                      kv_head, start, end, qk_scale, stride_q_seq, stride_q_head, stride_kv_block,
+                                      stride_kv_offset, stride_kv_head, q_norm_weight_ptr, cos, sin, eps,
+                                      GROUP, BLOCK_H, BLOCK_SIZE, HEAD_DIM, BLOCK_N, UPCAST_DOT, NORM_ROPE,
+                                      PRELOAD)
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(out_ptr + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=head_valid[:, None])
     else:
         if start < end:  # a short sequence's tail splits (all splits of a padding row) store nothing
-            acc, m_i, l_i = _attend_split(q_ptr, k_cache_ptr, v_cache_ptr, block_table_ptr, seq, kv_head, start,
-                                          end, qk_scale, stride_q_seq, stride_q_head, stride_kv_block,
-                                          stride_kv_offset, stride_kv_head, q_norm_weight_ptr, cos_sin_ptr,
-                                          positions_ptr, eps, GROUP, BLOCK_H, BLOCK_SIZE, HEAD_DIM, BLOCK_N,
-                                          UPCAST_DOT, NORM_ROPE)
+            acc, m_i, l_i = _attend_split(q_ptr, k_first, v_first, k_cache_ptr, v_cache_ptr, block_table_ptr, seq,
+                                          kv_head, start, end, qk_scale, stride_q_seq, stride_q_head,
+                                          stride_kv_block, stride_kv_offset, stride_kv_head, q_norm_weight_ptr,
+                                          cos, sin, eps, GROUP, BLOCK_H, BLOCK_SIZE, HEAD_DIM, BLOCK_N,
+                                          UPCAST_DOT, NORM_ROPE, PRELOAD)
             partial = rows * NUM_SPLITS + split
             tl.store(partial_acc_ptr + partial[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=head_valid[:, None])
             tl.store(partial_stats_ptr + partial * 2, m_i, mask=head_valid)
@@ -286,11 +324,11 @@ def _decode_merge_kernel(out_ptr, partial_acc_ptr, partial_stats_ptr, context_le
                          NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                          NUM_SPLITS: tl.constexpr, MERGE_CHUNK: tl.constexpr, USE_PDL: tl.constexpr):
     """Merge mode "launch": one program per (sequence, query head) merges its partials."""
-    if USE_PDL:  # the partials come from the split kernel: wait for it
-        pdl_sync()
     seq = tl.program_id(0)
     head = tl.program_id(1)
-    ctx_len = tl.load(context_lens_ptr + seq)
+    ctx_len = tl.load(context_lens_ptr + seq)  # the step's input copy wrote it: read before the wait
+    if USE_PDL:  # the partials come from the split kernel: wait for it
+        pdl_sync()
     tokens_per_split = _tokens_per_split(ctx_len, min_tokens_per_split, NUM_SPLITS, BLOCK_N)
     num_valid = tl.cdiv(ctx_len, tl.maximum(tokens_per_split, 1))
     _merge_splits(out_ptr, partial_acc_ptr, partial_stats_ptr, seq.to(tl.int64) * NUM_Q_HEADS + head, num_valid,
@@ -368,6 +406,11 @@ def _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, no
     merge = decode_merge_mode(num_splits) if merge is None else merge
     assert merge in ("kernel", "launch"), merge
     merge_in_kernel = merge == "kernel"
+    # Loads before the PDL wait pay where a split is a short latency-bound chain (many splits: the
+    # small batches). With few splits (batch >= 16 on 8 KV heads) a split streams many tiles and
+    # holding a tile across the wait cost 5-20% there (H200: 8B batch 32 at 8,192 tokens, 13.5 ->
+    # 16.1 ms per step), so those wait first and pipeline every tile.
+    preload = norm_rope is not None and num_splits >= DECODE_PRELOAD_MIN_SPLITS
     block_g = triton.next_power_of_2(group) if merge_in_kernel else 1
     per_step = max(1, DECODE_MERGE_ELEMS // (block_g * head_dim))  # splits merged per step: a power of two
     merge_chunk = min(triton.next_power_of_2(num_splits), 1 << (per_step.bit_length() - 1))
@@ -399,7 +442,7 @@ def _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, no
         NUM_Q_HEADS=num_q_heads, GROUP=group, BLOCK_H=max(DECODE_MIN_ROWS, triton.next_power_of_2(group)),
         BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits,
         BLOCK_G=block_g, MERGE_CHUNK=merge_chunk, MERGE_IN_KERNEL=merge_in_kernel, UPCAST_DOT=upcast_dot,
-        USE_PDL=use_pdl, NORM_ROPE=norm_rope is not None, num_warps=DECODE_NUM_WARPS,
+        USE_PDL=use_pdl, NORM_ROPE=norm_rope is not None, PRELOAD=preload, num_warps=DECODE_NUM_WARPS,
         num_stages=DECODE_NUM_STAGES, launch_pdl=use_pdl, **options)
     if num_splits > 1 and not merge_in_kernel:
         _decode_merge_kernel[(batch_size, num_q_heads)](

@@ -12,14 +12,11 @@ import triton.language as tl
 
 
 @triton.jit
-def attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head_offset,
-                 tile_start, kv_end, qk_scale, stride_kv_block, stride_kv_offset,
-                 BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
-                 MASK: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    """One online-softmax step over key positions [tile_start, tile_start + BLOCK_N).
-
-    MASK: 0 = every key visible (no masking at all), 1 = causal (key_pos <= q_pos), 2 = key_pos < kv_end.
-    """
+def load_kv_tile(k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head_offset, tile_start, kv_end, stride_kv_block,
+                 stride_kv_offset, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 MASK: tl.constexpr):
+    """The K and V tiles [BLOCK_N, HEAD_DIM] of key positions [tile_start, tile_start + BLOCK_N), in
+    the cache's dtype; with MASK != 0, rows at or past kv_end are zeros and never read."""
     key_pos = tile_start + tl.arange(0, BLOCK_N)
     in_range = key_pos < kv_end
     # Gather each token's slot through the block table; masked so garbage entries are never used.
@@ -35,6 +32,17 @@ def attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_p
     else:
         k = tl.load(k_cache_ptr + kv_offsets, mask=in_range[:, None], other=0.0)
         v = tl.load(v_cache_ptr + kv_offsets, mask=in_range[:, None], other=0.0)
+    return k, v
+
+
+@triton.jit
+def attend_kv(acc, m_i, l_i, q, q_pos, k, v, tile_start, kv_end, qk_scale,
+              BLOCK_N: tl.constexpr, MASK: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """One online-softmax step over loaded K/V tiles of key positions [tile_start, tile_start + BLOCK_N).
+
+    MASK: 0 = every key visible (no masking at all), 1 = causal (key_pos <= q_pos), 2 = key_pos < kv_end.
+    """
+    key_pos = tile_start + tl.arange(0, BLOCK_N)
     if UPCAST_DOT:  # the interpreter's bf16 dot is broken; GPUs keep 16-bit operands
         k = k.to(tl.float32)
         v = v.to(tl.float32)
@@ -43,7 +51,7 @@ def attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_p
     if MASK == 1:
         s = tl.where(key_pos[None, :] <= q_pos[:, None], s, float("-inf"))
     elif MASK == 2:
-        s = tl.where(in_range[None, :], s, float("-inf"))
+        s = tl.where((key_pos < kv_end)[None, :], s, float("-inf"))
     # Scores stay unscaled; the scale rides in the exp2 argument as one FMA.
     m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     alpha = tl.exp2(m_i - m_new)
@@ -51,6 +59,17 @@ def attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_p
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
     return acc, m_new, l_i
+
+
+@triton.jit
+def attend_tile(acc, m_i, l_i, q, q_pos, k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head_offset,
+                 tile_start, kv_end, qk_scale, stride_kv_block, stride_kv_offset,
+                 BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                 MASK: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    """load_kv_tile, then attend_kv: one online-softmax step over the keys of one tile."""
+    k, v = load_kv_tile(k_cache_ptr, v_cache_ptr, block_table_ptr, kv_head_offset, tile_start, kv_end,
+                        stride_kv_block, stride_kv_offset, BLOCK_SIZE, BLOCK_N, HEAD_DIM, MASK)
+    return attend_kv(acc, m_i, l_i, q, q_pos, k, v, tile_start, kv_end, qk_scale, BLOCK_N, MASK, UPCAST_DOT)
 
 
 
