@@ -21,6 +21,7 @@ import torch
 from ember.config import ModelConfig
 from ember.engine.step_inputs import StepInputs
 from ember.layers.attention import AttentionMetadata
+from ember.ops.argmax import argmax_rows
 from ember.ops.decode_attention import decode_num_splits, decode_workspace_numel
 
 # Decode batch sizes that get a CUDA graph: the small ones close together, then steps of 16.
@@ -87,7 +88,7 @@ class DecodeGraphs:
         hidden = self.model(inputs.decode_input_ids[:num_rows], inputs.decode_positions[:num_rows], meta)
         logits = self.model.compute_logits(hidden, out=out)
         if argmax:  # after the model has read the ids: the buffer holds the next step's tokens
-            torch.argmax(logits, dim=-1, out=inputs.decode_input_ids[:num_rows])
+            argmax_rows(logits, out=inputs.decode_input_ids[:num_rows])
         return logits
 
     def run_bucket(self, bucket: int, num_seqs: int) -> tuple[torch.Tensor, bool]:

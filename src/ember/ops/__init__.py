@@ -19,6 +19,7 @@ from ember.ops.linear import ResidualStream, linear, linear_add, linear_silu_mul
 from ember.ops.norm import add_rms_norm, rms_norm
 from ember.ops.rope import qk_norm_rope_store_kv
 from ember.ops.attention import paged_prefill_attention
+from ember.ops.argmax import argmax_rows
 from ember.ops.decode_attention import paged_decode_attention
 from ember.ops.penalties import apply_penalties
 from ember.ops.sampling import sample_tokens
@@ -34,6 +35,7 @@ __all__ = [
     "add_rms_norm",
     "rms_norm",
     "qk_norm_rope_store_kv",
+    "argmax_rows",
     "paged_decode_attention",
     "paged_prefill_attention",
     "apply_penalties",

@@ -30,6 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ember.ops.argmax import argmax_rows_triton
 from ember.ops.dispatch import use_triton
 from ember.ops.hash_random import random_uniform_reference, row_keys, uniform
 
@@ -326,7 +327,7 @@ def _merge_kernel(
 
 def sample_tokens_triton(logits, temperature, top_k, top_p, min_p, seeds, steps, all_greedy: bool = False):
     if all_greedy:
-        return logits.argmax(dim=-1)  # one fused reduction; nothing else to do
+        return argmax_rows_triton(logits)  # nothing else to do
     B, V = logits.shape
     assert logits.dtype in (torch.float32, torch.bfloat16, torch.float16) and logits.stride(1) == 1
     # One split per program; small on CPU so that the tests run several splits per row.
