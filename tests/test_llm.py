@@ -104,3 +104,23 @@ def test_stream_abort_frees_blocks(llm):
     assert bm.num_free_blocks < bm.num_blocks
     gen.close()
     assert bm.num_free_blocks == bm.num_blocks and not llm.engine.has_unfinished()
+
+
+def test_generate_steps_run_with_the_heap_frozen(llm, monkeypatch):
+    # Full GC passes inside a step would walk every object the process held before the run
+    # (ember/engine/frozen_heap.py): generate freezes them for its steps and thaws them after.
+    import gc
+
+    gc.unfreeze()  # a clean start whatever ran before in this process
+    engine = llm.engine
+    step = engine.step
+    frozen_during = []
+
+    def recording_step():
+        frozen_during.append(gc.get_freeze_count() > 0)
+        return step()
+
+    monkeypatch.setattr(engine, "step", recording_step)
+    llm.generate(["a", "b"], GREEDY, use_tqdm=False)
+    assert frozen_during and all(frozen_during)
+    assert gc.get_freeze_count() == 0

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from tqdm.auto import tqdm
 
+from ember.engine.frozen_heap import frozen_heap
 from ember.engine.llm_engine import EngineArgs, LLMEngine, StepOutput
 from ember.engine.sequence import Sequence
 from ember.errors import InvalidRequestError
@@ -99,7 +100,7 @@ class LLM:
                 ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
                 seqs.append(engine.add_request(ids, p, request_id=i, stream_text=False))  # text at the end
             bar = tqdm(total=len(seqs), desc="Generating", disable=not use_tqdm or len(seqs) < 2, leave=False)
-            with bar:
+            with bar, frozen_heap():  # no full GC pass over the process's objects inside a step
                 while engine.has_unfinished():
                     bar.update(sum(o.finished for o in engine.step()))
         except BaseException:

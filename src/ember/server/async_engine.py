@@ -18,6 +18,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from ember.engine.frozen_heap import frozen_heap
 from ember.engine.sequence import Sequence, TokenLogprobs
 from ember.errors import EmberError
 from ember.sampling_params import SamplingParams
@@ -183,6 +184,10 @@ class AsyncEngine:
 
     # ----- the engine thread ---------------------------------------------------------------------
     def _run(self) -> None:
+        with frozen_heap():  # the server's start-up objects stay out of full GC passes
+            self._loop()
+
+    def _loop(self) -> None:
         engine = self.engine
         while True:
             try:
