@@ -58,9 +58,39 @@ def test_throughput_small_with_hf(tiny_checkpoint, tmp_path):
     assert positive(r["ember_over_hf"])
     md = (tmp_path / "throughput.md").read_text()
     assert "| Ember |" in md and "HF ran the first 5 of the 8 requests" in md
-    # CPU runs the references: no Triton kernel is built, and the run says so
+    # CPU runs the references: no Triton kernel is built, and the run says so (the test below
+    # simulates one)
     assert r["ember"]["triton_builds"] == [] and "built during Ember's timed run: none." in md
     assert all(g["max_ms"] >= g["ms_per_step"] > 0 for g in r["ember"]["steps"].values())
+
+
+def test_throughput_reports_a_kernel_built_in_the_timed_run(tiny_checkpoint, tmp_path, monkeypatch):
+    # On CPU nothing is built, so the run above can only report "none". Here a build is simulated
+    # the way Triton's JIT announces one (its runtime hooks) inside the timed generate only (the
+    # warm-up call has 3 prompts, the workload 8): it must be named in the JSON and the report.
+    from types import SimpleNamespace
+
+    import triton
+
+    tp = load_script("throughput")
+
+    class BuildingLLM(tp.LLM):
+        def generate(self, prompts, *args, **kwargs):
+            if len(prompts) > 3:
+                runtime = triton.knobs.runtime
+                info = SimpleNamespace(name="_simulated_kernel")
+                if runtime.jit_cache_hook is not None:
+                    runtime.jit_cache_hook(fn=info, key=None)
+                if runtime.jit_post_compile_hook is not None:
+                    runtime.jit_post_compile_hook(fn=info, key=None)
+            return super().generate(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(tp, "LLM", BuildingLLM)
+    tp.main(["-m", str(tiny_checkpoint), "--load-format", "dummy", "--small", "--temperature", "0",
+             "--device", "cpu", "--out", str(tmp_path)])
+    r = json.loads((tmp_path / "throughput.json").read_text())
+    assert [b["kernel"] for b in r["ember"]["triton_builds"]] == ["_simulated_kernel"]
+    assert "built during Ember's timed run: _simulated_kernel ×1" in (tmp_path / "throughput.md").read_text()
 
 
 @pytest.mark.parametrize("client", ["raw", "openai"])
