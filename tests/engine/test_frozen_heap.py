@@ -16,10 +16,11 @@ def test_full_collections_inside_skip_what_existed_and_everything_is_thawed_afte
     before = Node()
     with frozen_heap():
         assert gc.get_freeze_count() > 0
-        assert gc.is_tracked(before) and before not in gc.get_objects(generation=2)
+        # frozen: in no generation a collection walks (unfrozen, a new object sits in generation 0)
+        assert gc.is_tracked(before)
+        assert all(o is not before for g in range(3) for o in gc.get_objects(generation=g))
         during = Node()
         gc.collect()
-        assert during in gc.get_objects()  # still referenced here, so kept
     assert gc.get_freeze_count() == 0
     refs = [weakref.ref(before), weakref.ref(during)]
     del before, during

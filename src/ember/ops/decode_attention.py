@@ -16,8 +16,9 @@ squares runs in another order, and the compiler schedules the rope with the atte
 At small batches (many splits) the fused kernel also loads, before its PDL wait, what no kernel of
 the step writes: context length, block table, position, slot and its first key tile. At short
 contexts that is most of a split's chain of dependent loads, which then runs under the qkv
-projection's tail (H200, batch 1: -2.2 us per layer at 8B, -1.2 us at 0.6B). The new token's row
-of that tile is patched in from registers after the wait.
+projection's tail. The new token's row of that tile is patched in from registers after the wait.
+(H200, batch 1, measured together with the merge kernel's early context-length read and the
+split argmax: -2.2 us per layer at 8B, -1.2 us at 0.6B.)
 """
 
 import math
@@ -408,7 +409,7 @@ def _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, no
     merge_in_kernel = merge == "kernel"
     # Loads before the PDL wait pay where a split is a short latency-bound chain (many splits: the
     # small batches). With few splits (batch >= 16 on 8 KV heads) a split streams many tiles and
-    # holding a tile across the wait cost 5-20% there (H200: 8B batch 32 at 8,192 tokens, 13.5 ->
+    # holding a tile across the wait cost 2-19% there (H200: 8B batch 32 at 8,192 tokens, 13.5 ->
     # 16.1 ms per step), so those wait first and pipeline every tile.
     preload = norm_rope is not None and num_splits >= DECODE_PRELOAD_MIN_SPLITS
     block_g = triton.next_power_of_2(group) if merge_in_kernel else 1
