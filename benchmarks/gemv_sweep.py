@@ -3,8 +3,8 @@
     python benchmarks/gemv_sweep.py --out benchmarks/results/gemv-sweep-h200.json
 
 For each projection of Qwen3 0.6B..32B (qkv, o, gate_up, down) and its fused forms (o and down
-with the residual add in the epilogue, qkv with the RMSNorm in the prologue, gate_up with both
-the norm and silu * mul) and each M: the alternative (cuBLAS for a plain projection; for a fused
+with the residual add in the epilogue, qkv with the folded RMSNorm's 1 / rms in the epilogue,
+gate_up with both that and silu * mul) and each M: the alternative (cuBLAS for a plain projection; for a fused
 form, the unfused kernels as Ember runs them with today's table) and every Triton config of a
 candidate grid plus the shape heuristic's. Each is timed as CUDA-graph replays of
 one call per weight copy, with enough copies (>= 4, >= 256 MB) that L2 never holds the weight
@@ -132,7 +132,8 @@ def sweep_shape(op, n, k, ms, rate, log) -> list[dict]:
         if op == "linear_add":
             return F.linear(x[0], w) + x[1]
         if op in ("rms_norm_linear", "rms_norm_gate_silu"):
-            return rms_norm_linear_reference(ResidualStream(x[0]), norm_w, 1e-6, w, silu_mul=silu)[0]
+            # The weights stand for folded ones (W * g): the kernel scales the plain product by 1 / rms.
+            return rms_norm_linear_reference(ResidualStream(x[0]), norm_w, 1e-6, w, silu_mul=silu, norm_folded=True)[0]
         return silu_mul(F.linear(x[0], w)) if silu else F.linear(x[0], w)
 
     def alternative(x, w):  # cuBLAS, or the unfused path as Ember runs it with the current table

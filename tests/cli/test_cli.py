@@ -37,6 +37,15 @@ def test_greedy_is_deterministic_and_seed_reproduces(tiny_checkpoint):
     assert a.stdout == b.stdout
 
 
+def test_no_fold_norms_gives_the_same_greedy_text(tiny_checkpoint):
+    """--no-fold-norms keeps the RMSNorm weights out of the projections: in float32 (the CPU
+    path) the same function, so the same greedy text."""
+    a = run_ember("-m", str(tiny_checkpoint), "-n", "10", "--temp", "0", "--dtype", "float32")
+    b = run_ember("-m", str(tiny_checkpoint), "-n", "10", "--temp", "0", "--dtype", "float32", "--no-fold-norms")
+    assert a.returncode == b.returncode == 0, b.stderr
+    assert a.stdout == b.stdout
+
+
 def test_chat_flag_and_no_think(tiny_checkpoint):
     from ember.tokenizer import Tokenizer
 

@@ -2,7 +2,12 @@
 
 bf16: per-position logits agree within bf16 tolerance, judged against HF's own bf16 error:
 both are compared with HF in float32, and Ember's bf16 error may not exceed HF's by more
-than half; Ember vs HF bf16 directly: cosine >= 0.998, max relative error <= 6%. float32: 32-token greedy continuations are identical.
+than half. Ember vs HF bf16 directly: with HF's roundings (``fold_norms=False``) cosine >= 0.998,
+max relative error <= 6%; with the norms folded into the projections (the default), which
+rounds W * g once where HF rounds x / rms and g times that, the two errors are as large but no
+longer the same, so they sit further apart: cosine >= 0.997, max relative error <= 8%
+(measured at 8B: 0.9978 and 6.5%, with Ember's error against fp32 equal to HF's to 3e-6).
+float32: 32-token greedy continuations are identical.
 Shapes come from EMBER_GPU_SHAPES (default "0.6B,8B").
 """
 
@@ -77,13 +82,14 @@ def compare(a: list[torch.Tensor], b: list[torch.Tensor]) -> tuple[float, float]
     return cos, rel
 
 
-def test_bf16_logits_within_tolerance(checkpoint):
+@pytest.mark.parametrize("fold_norms", [True, False], ids=["folded", "hf-roundings"])
+def test_bf16_logits_within_tolerance(checkpoint, fold_norms):
     """Ember bf16 against HF bf16, and both against HF fp32: Ember's bf16 error must be no
-    worse than HF's own bf16 error (1 - cosine within 1.5x), and Ember vs HF within
-    cosine >= 0.998, max relative error <= 6% (36 bf16 layers of random weights)."""
+    worse than HF's own bf16 error (1 - cosine within 1.5x), and Ember vs HF within the direct
+    bounds of the module docstring (36 bf16 layers of random weights)."""
     name, folder = checkpoint
     llm = LLM(str(folder), dtype="bfloat16", device="cuda", max_model_len=4096, max_num_seqs=8,
-              gpu_memory_utilization=0.9, progress=False)
+              gpu_memory_utilization=0.9, progress=False, fold_norms=fold_norms)
     ids = [llm.tokenizer.encode(p) for p in PROMPTS]
     ours = [t.cpu() for t in llm.engine.prompt_logits(ids)]
     del llm
@@ -93,12 +99,12 @@ def test_bf16_logits_within_tolerance(checkpoint):
     cos, rel = compare(ours, hf_bf16)
     ours_cos32, ours_rel32 = compare(ours, hf_fp32)
     hf_cos32, hf_rel32 = compare(hf_bf16, hf_fp32)
-    report(test="bf16_logits", shape=name, min_cosine_vs_hf_bf16=cos, max_rel_err_vs_hf_bf16=rel,
+    report(test="bf16_logits", shape=name, fold_norms=fold_norms, min_cosine_vs_hf_bf16=cos, max_rel_err_vs_hf_bf16=rel,
            ember_bf16_vs_fp32_cosine=ours_cos32, ember_bf16_vs_fp32_rel=ours_rel32,
            hf_bf16_vs_fp32_cosine=hf_cos32, hf_bf16_vs_fp32_rel=hf_rel32)
     assert 1 - ours_cos32 <= 1.5 * (1 - hf_cos32) + 1e-5, (ours_cos32, hf_cos32)
-    assert cos >= 0.998, cos
-    assert rel <= 0.06, rel
+    assert cos >= (0.997 if fold_norms else 0.998), cos
+    assert rel <= (0.08 if fold_norms else 0.06), rel
 
 
 def test_fp32_greedy_identical(checkpoint):

@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs (when the engine has them)")
     p.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
                    help="read each step's tokens before launching the next (when the engine has it)")
+    p.add_argument("--no-fold-norms", dest="fold_norms", action="store_false",
+                   help="keep the RMSNorm weights out of the projections (when the engine has it)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random prompts and dummy weights")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
     return p
@@ -76,6 +78,7 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "profile": args.profile,
         "enforce_eager": args.enforce_eager,
         "async_scheduling": args.async_scheduling,
+        "fold_norms": args.fold_norms,
     }
     if settings["gen_len"] < 2:
         raise EmberError("--gen-len must be >= 2 (one prefill token plus at least one decode step)")

@@ -33,7 +33,8 @@ def random_prompts(vocab: int, batch_size: int, prompt_len: int, seed: int, rep:
 
 
 def load_llm(model: str, dtype: str, device: str | None, load_format: str, max_batch: int, max_len: int,
-             seed: int, enforce_eager: bool, async_scheduling: bool = True) -> tuple[LLM, bool]:
+             seed: int, enforce_eager: bool, async_scheduling: bool = True,
+             fold_norms: bool = True) -> tuple[LLM, bool]:
     """The LLM sized for the largest configuration. Returns it and whether the engine took
     ``enforce_eager`` (an engine without CUDA graphs has no such argument and is eager anyway).
     Prefix caching is off: the benchmark measures prefill compute, not cache hits."""
@@ -47,6 +48,8 @@ def load_llm(model: str, dtype: str, device: str | None, load_format: str, max_b
         kwargs["enforce_eager"] = enforce_eager
     if "async_scheduling" in accepted:
         kwargs["async_scheduling"] = async_scheduling
+    if "fold_norms" in accepted:
+        kwargs["fold_norms"] = fold_norms
     return LLM(**kwargs), takes_eager
 
 

@@ -93,7 +93,8 @@ def run_bench(args, settings: dict, argv: list[str], scratch: Path) -> dict:
 
     max_len = min(max(prompt_lens) + gen_len, cfg.max_position_embeddings)
     llm, takes_eager = load_llm(str(load_path), args.dtype, str(device), load_format, max(batch_sizes), max_len,
-                                args.seed, args.enforce_eager, getattr(args, "async_scheduling", True))
+                                args.seed, args.enforce_eager, getattr(args, "async_scheduling", True),
+                                getattr(args, "fold_norms", True))
     shape = ModelShape.from_model(llm.engine.config, llm.engine.model, dtype)
     vocab = min(cfg.vocab_size, llm.tokenizer.vocab_size)
     configs = [(b, p) for b in batch_sizes for p in prompt_lens]

@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="no CUDA graphs for decode (slower; for debugging and comparison)")
     p.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
                    help="read each step's tokens before launching the next (slower; for comparison)")
+    p.add_argument("--no-fold-norms", dest="fold_norms", action="store_false",
+                   help="bf16/fp16 rounded as HF rounds at each RMSNorm (slower decode; see README)")
     chat = p.add_mutually_exclusive_group()
     chat.add_argument("--chat", dest="chat", action="store_true", default=None,
                       help="apply the model's chat template to -p")
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             args.model, dtype=args.dtype, device=device_from_flag(args.devices), load_format=args.load_format,
             max_model_len=args.ctx_size or None, gpu_memory_utilization=args.gpu_memory_utilization,
             max_num_seqs=1, progress=args.verbose or sys.stderr.isatty(), enforce_eager=args.enforce_eager,
-            async_scheduling=args.async_scheduling,
+            async_scheduling=args.async_scheduling, fold_norms=args.fold_norms,
         )
         if args.interactive:
             from ember.cli.chat import run_chat

@@ -63,6 +63,9 @@ class EngineArgs:
     progress: bool = True
     enforce_eager: bool = False  # no CUDA graphs: every decode step launches its kernels one by one
     async_scheduling: bool = True  # prepare and launch step n+1 before reading step n's tokens
+    # Fold each layer's RMSNorm weights into the projection after it (Qwen3ForCausalLM.fold_norms):
+    # decode then runs the norms in the projections' epilogues. Off: HF's roundings step by step.
+    fold_norms: bool = True
 
 
 @dataclass
@@ -94,6 +97,8 @@ class LLMEngine:
             init_dummy_weights(self.model, seed=args.seed)
         else:
             load_checkpoint_weights(self.model, self.path, progress=args.progress)
+        if args.fold_norms:  # the decode projections then run the norms in their epilogues
+            self.model.fold_norms()
 
         max_len = self.config.max_position_embeddings
         if args.max_model_len:

@@ -36,6 +36,7 @@ class LLM:
         progress: bool = True,
         enforce_eager: bool = False,
         async_scheduling: bool = True,
+        fold_norms: bool = True,
     ):
         self.engine = LLMEngine(
             EngineArgs(
@@ -43,7 +44,7 @@ class LLM:
                 max_model_len=max_model_len, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
                 max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                 block_size=block_size, enable_prefix_caching=enable_prefix_caching, progress=progress,
-                enforce_eager=enforce_eager, async_scheduling=async_scheduling,
+                enforce_eager=enforce_eager, async_scheduling=async_scheduling, fold_norms=fold_norms,
             )
         )
         self.tokenizer = self.engine.tokenizer

@@ -31,13 +31,25 @@ class Linear(nn.Module):
         """``(self(norm(h)), h)`` for the residual stream h; with ``silu_mul`` (gate and up packed)
         ``silu(gate) * up`` of that instead.
 
-        Where the skinny-GEMM kernel runs (decode) and the stream comes summed with its row
-        statistics from ``forward_add``, the norm runs in the GEMM's prologue and the activation in
-        its epilogue: one launch. Elsewhere the norm kernel (with the pending residual add), then
-        the projection. A layer whose weights need their own kernel (quantized, say) overrides
-        this with the norm followed by its forward.
+        Where the norm's weight is folded into this one (``fold_norm``), the skinny-GEMM kernel
+        runs (decode) and the stream comes summed with its row statistics from ``forward_add``, the
+        norm is a per-row scale in the GEMM's epilogue and so is the activation: one launch.
+        Elsewhere the norm kernel (with the pending residual add), then the projection. A layer
+        whose weights need their own kernel (quantized, say) overrides this with the norm followed
+        by its forward.
         """
-        return ops.rms_norm_linear(stream, norm.weight, norm.eps, self.weight, self.bias, silu_mul)
+        return ops.rms_norm_linear(stream, norm.weight, norm.eps, self.weight, self.bias, silu_mul,
+                                   norm_folded=norm.folded)
+
+    def fold_norm(self, norm) -> bool:
+        """Move the RMSNorm ``norm`` that feeds this projection into its weight's columns (see
+        ``ops.fold_norm_weight``). Returns whether it did: a layer that cannot (quantized weights,
+        say) returns False and the norm keeps its weight."""
+        if norm.folded or not self.weight.dtype.is_floating_point:
+            return False
+        ops.fold_norm_weight(self.weight, norm.weight)
+        norm.folded = True
+        return True
 
     def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> ops.ResidualStream:
         """The residual stream ``self(x) + residual``: summed in the GEMM's epilogue (with the row

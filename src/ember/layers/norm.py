@@ -13,6 +13,9 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.eps = eps
         self.weight = nn.Parameter(torch.empty(size), requires_grad=False)
+        # True once the weight has moved into the next projection (``Linear.fold_norm``); it is
+        # then all ones, so this module alone computes the unit-weight norm.
+        self.folded = False
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """rms_norm(x), or with ``residual``: (rms_norm(x + residual), x + residual)."""

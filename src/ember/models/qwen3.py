@@ -9,9 +9,10 @@
         h = h + (silu(g) * u) Wdown
     logits = rmsnorm(h) Wlm            # only at the rows that need a next token
 
-At decode the skinny GEMM does the rest in its prologue and epilogue: each residual add, with
-the row statistics the next rmsnorm needs, runs in the projection before it (``forward_add``),
-the rmsnorm in the projection after it, and silu * mul in gate_up's epilogue (``forward_normed``):
+At decode the skinny GEMM does the rest in its epilogue: each residual add, with the row
+statistics the next rmsnorm needs, runs in the projection before it (``forward_add``), the
+rmsnorm (its weight folded into the next projection at load time, ``fold_norms``) as a per-row
+scale of the projection after it, and silu * mul in gate_up's epilogue (``forward_normed``):
 a layer is its four projections and its attention. Where a GEMM is cuBLAS's, the add is left
 pending in the stream (``ops.ResidualStream``) and done by the next norm's kernel.
 
@@ -155,6 +156,16 @@ class Qwen3ForCausalLM(nn.Module):
             ):
                 names[p + name] = (p + name, None)
         return names
+
+    @torch.no_grad()
+    def fold_norms(self) -> None:
+        """Fold each layer's two RMSNorm weights into the projections they feed (qkv, gate_up), so
+        that decode runs each norm as a per-row scale in its projection's epilogue
+        (``Linear.forward_normed``). Called once after the weights are loaded; the final norm stays
+        (the LM head may be the tied embedding)."""
+        for layer in self.model.layers:
+            layer.self_attn.qkv_proj.fold_norm(layer.input_layernorm)
+            layer.mlp.gate_up_proj.fold_norm(layer.post_attention_layernorm)
 
     def bind_kv_cache(self, k_caches: list[torch.Tensor], v_caches: list[torch.Tensor]) -> None:
         for layer, k, v in zip(self.model.layers, k_caches, v_caches):

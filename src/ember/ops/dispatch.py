@@ -10,7 +10,7 @@ the next PDL kernel may start its own prologue. CUDA graph capture (CUDA >= 12.3
 a programmatic edge between the two kernel nodes.
 
 Rules for every PDL kernel (embedding, rms_norm, add_rms_norm, qk_norm_rope_store_kv, the decode
-attention split and merge kernels, the skinny GEMM with its norm prologue):
+attention split and merge kernels, the skinny GEMM with what rides along):
 - The gdc calls sit under a constexpr ``USE_PDL``; the launcher passes ``USE_PDL=use_pdl`` and
   ``launch_pdl=use_pdl`` from one ``pdl_enabled(device)`` call, which is False on CPU / in the
   interpreter (where the calls do not exist), so the two always agree.

@@ -14,10 +14,12 @@ in a fixed order and writes the output. Still one launch, deterministic and CUDA
 the workspace is per device, so launches sharing it must not run concurrently (Ember uses one
 stream per device).
 
-What rides along: a NORM prologue (RMSNorm of x from its producer's row statistics), and in the
-epilogue GATE_SILU (silu(gate) * up: each program owns the same columns of both halves of
-W = [gate; up]) and ADD (the residual add, then each row's sum of squares over the block's
-columns, stored for the next NORM prologue).
+What rides along: NORM (RMSNorm of x whose weight was folded into W's columns, so that
+rms_norm(x) W^T = rstd * (x W'^T): the K loop is the plain product, and each row's 1 / rms, from
+its producer's row statistics, scales the accumulator in the epilogue), and in the epilogue
+GATE_SILU (silu(gate) * up: each program owns the same columns of both halves of W = [gate; up])
+and ADD (the residual add, then each row's sum of squares over the block's columns, stored for
+the next NORM).
 
 Tuning lives in ``skinny_config`` only: the table that benchmarks/gemv_sweep.py prints, and a
 shape heuristic for what the table lacks.
@@ -51,8 +53,9 @@ class SkinnyConfig(NamedTuple):
     dot: bool  # tensor cores (x padded to 16 rows) or CUDA-core FMAs
     # With dot: x as the product's left operand (acc^T = x W^T). On sm_90 a 64-row W tile on the
     # left makes it a wgmma whose right operand (x) must sit in shared memory, which costs an x
-    # round trip through it every K step when a prologue computes x in registers; with x on the
-    # left, M < 64 rows make it an mma that reads both operands from registers.
+    # round trip through it every K step if x were computed in registers (session 5's norm
+    # prologue did that); with x on the left, M < 64 rows make it an mma that reads both
+    # operands from registers.
     x_left: bool = False
 
 
@@ -76,14 +79,15 @@ def _heuristic_config(m: int, n: int, k: int) -> SkinnyConfig:
 
 def skinny_config(m: int, n: int, k: int, op: str = "linear") -> SkinnyConfig | None:
     """The kernel config for ``op`` on an [m, k] x [n, k]^T product (n = rows of W), or None for
-    the unfused fallback. The table's entry for ``op`` if it has one, else its "linear" entry for
-    the shape (the prologue and epilogues add little to a weight read), else, up to
-    _HEURISTIC_MAX_M rows, the shape heuristic."""
+    the unfused fallback. The table's entry for ``op`` if it has one, else (for the norm-scaled
+    gate_silu) its "gate_silu" entry, else its "linear" entry for the shape (what rides along adds
+    little to a weight read), else, up to _HEURISTIC_MAX_M rows, the shape heuristic."""
     assert op in OPS, op
     if not 1 <= m <= SKINNY_MAX_M:
         return None
     bucket = triton.next_power_of_2(m)
-    for key in ((op, n, k, bucket), ("linear", n, k, bucket)):
+    ops = (op, "gate_silu", "linear") if op == "rms_norm_gate_silu" else (op, "linear")
+    for key in ((o, n, k, bucket) for o in ops):
         if key in SKINNY_TABLE:
             entry = SKINNY_TABLE[key]
             return None if entry is None else SkinnyConfig(*entry)
@@ -115,13 +119,17 @@ def _weight_product(acc, w_rows, cols, k_end, x, EVEN_K: tl.constexpr, DOT: tl.c
 
 
 @triton.jit
-def _epilogue(acc, acc_up, out_ptr, bias_ptr, res_ptr, stats_ptr, pid_n, offs_n, offs_m, M, N, stride_om,
-              HAS_BIAS: tl.constexpr, ADD: tl.constexpr, GATE_SILU: tl.constexpr):
+def _epilogue(acc, acc_up, rstd, out_ptr, bias_ptr, res_ptr, stats_ptr, pid_n, offs_n, offs_m, M, N, stride_om,
+              NORM: tl.constexpr, HAS_BIAS: tl.constexpr, ADD: tl.constexpr, GATE_SILU: tl.constexpr):
     """Store the fp32 product rounded to the dtype, after what rides along, each step rounded as
-    the unfused ops round: the bias; silu(gate) * up (GATE_SILU, as ops.silu_mul); the residual
-    add (ADD), whose rows' sums of squares over this block's columns go to stats[pid_n]."""
+    the unfused ops round: each row's 1 / rms (NORM, on the fp32 product); the bias;
+    silu(gate) * up (GATE_SILU, as ops.silu_mul); the residual add (ADD), whose rows' sums of
+    squares over this block's columns go to stats[pid_n]."""
     dtype = out_ptr.dtype.element_ty
     mask = (offs_n[:, None] < N) & (offs_m[None, :] < M)
+    if NORM:
+        acc = acc * rstd[None, :]
+        acc_up = acc_up * rstd[None, :]
     if HAS_BIAS:
         acc += tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[:, None]
     y = acc.to(dtype)
@@ -138,18 +146,17 @@ def _epilogue(acc, acc_up, out_ptr, bias_ptr, res_ptr, stats_ptr, pid_n, offs_n,
 
 
 @triton.jit(do_not_specialize=["M"])
-def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, norm_w_ptr, stats_in_ptr, res_ptr,
+def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, stats_in_ptr, res_ptr,
                    stats_out_ptr, eps, M, N, K, k_per_split, num_stat_blocks, w_up_offset,
                    stride_xm, stride_wn, stride_om,
                    HAS_BIAS: tl.constexpr, NORM: tl.constexpr, ADD: tl.constexpr, GATE_SILU: tl.constexpr,
                    DOT: tl.constexpr, X_LEFT: tl.constexpr, UPCAST_DOT: tl.constexpr, EVEN_K: tl.constexpr,
                    SPLIT_K: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                   NORM_ROWS: tl.constexpr, STAT_CHUNK: tl.constexpr,
+                   NORM_ROWS: tl.constexpr, STAT_CHUNK: tl.constexpr, STATS_HELD: tl.constexpr,
                    USE_PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    dtype = out_ptr.dtype.element_ty
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
     offs_k = tl.arange(0, BLOCK_K)
@@ -172,22 +179,21 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, norm_w_
             l2_prefetch(w_rows + w_up_offset + prefetch_cols[None, :])
         pdl_sync()
     if NORM:
-        # 1 / rms of each real row (not the 16 a tensor-core tile pads to) from the producer's
-        # per-block sums of squares, summed in a fixed order: a few hundred bytes from L2, where a
-        # statistics pass over x would put a K-wide round trip on every program's critical path.
+        # The producer's per-block sums of squares of each real row (not the 16 a tensor-core tile
+        # pads to): a few hundred bytes from L2, loaded now and reduced after the K loop, so the
+        # round trip hides behind the weight stream instead of delaying its first tile.
+        # (Too many to hold across the loop, as with 32 rows of 4-column blocks: summed in chunks now.)
         rows_n = tl.arange(0, NORM_ROWS)
-        sum_sq = tl.zeros((STAT_CHUNK, NORM_ROWS), dtype=tl.float32)
-        for b in range(0, num_stat_blocks, STAT_CHUNK):
-            blocks = b + tl.arange(0, STAT_CHUNK)
-            sum_sq += tl.load(stats_in_ptr + blocks[:, None] * M + rows_n[None, :],
-                              mask=(blocks < num_stat_blocks)[:, None] & (rows_n < M)[None, :], other=0.0)
-        rstd_n = tl.math.rsqrt(tl.sum(sum_sq, axis=0) / K + eps)
-        if NORM_ROWS == BLOCK_M:
-            rstd = rstd_n
-        else:  # spread over the padded rows (rstd 0 there: their x is 0 anyway)
-            rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            for r in tl.static_range(NORM_ROWS):
-                rstd = tl.where(offs_m == r, tl.sum(tl.where(rows_n == r, rstd_n, 0.0), axis=0), rstd)
+        if STATS_HELD:
+            blocks = tl.arange(0, STAT_CHUNK)
+            sum_sq = tl.load(stats_in_ptr + blocks[:, None] * M + rows_n[None, :],
+                             mask=(blocks < num_stat_blocks)[:, None] & (rows_n < M)[None, :], other=0.0)
+        else:
+            sum_sq = tl.zeros((STAT_CHUNK, NORM_ROWS), dtype=tl.float32)
+            for b in range(0, num_stat_blocks, STAT_CHUNK):
+                blocks = b + tl.arange(0, STAT_CHUNK)
+                sum_sq += tl.load(stats_in_ptr + blocks[:, None] * M + rows_n[None, :],
+                                  mask=(blocks < num_stat_blocks)[:, None] & (rows_n < M)[None, :], other=0.0)
     if DOT:
         if X_LEFT:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -200,10 +206,6 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, norm_w_
         cols = k + offs_k
         x_mask = m_mask if EVEN_K else m_mask & (cols < k_end)[None, :]
         x = tl.load(x_rows + cols[None, :], mask=x_mask, other=0.0)
-        if NORM:  # rounded as ops.rms_norm rounds: x * rstd, then the weight times that
-            h = (x.to(tl.float32) * rstd[:, None]).to(dtype).to(tl.float32)
-            nw = tl.load(norm_w_ptr + cols, mask=cols < K, other=0.0).to(tl.float32)
-            x = (nw[None, :] * h).to(dtype)
         acc = _weight_product(acc, w_rows, cols, k_end, x, EVEN_K, DOT, UPCAST_DOT, X_LEFT)
         if GATE_SILU:
             acc_up = _weight_product(acc_up, w_rows + w_up_offset, cols, k_end, x, EVEN_K, DOT, UPCAST_DOT, X_LEFT)
@@ -219,10 +221,18 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, norm_w_
             acc_up = tl.sum(acc_up, axis=2)
         else:
             acc_up = acc
+    rstd = tl.zeros((BLOCK_M,), dtype=tl.float32)  # 1 / rms of each row (NORM), 0 on padded rows
+    if NORM:
+        rstd_n = tl.math.rsqrt(tl.sum(sum_sq, axis=0) / K + eps)  # fixed order: deterministic
+        if NORM_ROWS == BLOCK_M:
+            rstd = rstd_n
+        else:
+            for r in tl.static_range(NORM_ROWS):
+                rstd = tl.where(offs_m == r, tl.sum(tl.where(rows_n == r, rstd_n, 0.0), axis=0), rstd)
 
     if SPLIT_K == 1:
-        _epilogue(acc, acc_up, out_ptr, bias_ptr, res_ptr, stats_out_ptr, pid_n, offs_n, offs_m, M, N, stride_om,
-                  HAS_BIAS, ADD, GATE_SILU)
+        _epilogue(acc, acc_up, rstd, out_ptr, bias_ptr, res_ptr, stats_out_ptr, pid_n, offs_n, offs_m, M, N,
+                  stride_om, NORM, HAS_BIAS, ADD, GATE_SILU)
     else:
         tile_size: tl.constexpr = BLOCK_N * BLOCK_M
         tiles: tl.constexpr = 2 if GATE_SILU else 1
@@ -245,11 +255,13 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, norm_w_
                 if GATE_SILU:
                     total_up += tl.load(block_ws + s * (tiles * tile_size) + tile_size + tile, cache_modifier=".cg")
             tl.store(counter_ptr + pid_n, 0)  # ready for the next launch
-            _epilogue(total, total_up, out_ptr, bias_ptr, res_ptr, stats_out_ptr, pid_n, offs_n, offs_m, M, N,
-                      stride_om, HAS_BIAS, ADD, GATE_SILU)
+            _epilogue(total, total_up, rstd, out_ptr, bias_ptr, res_ptr, stats_out_ptr, pid_n, offs_n, offs_m,
+                      M, N, stride_om, NORM, HAS_BIAS, ADD, GATE_SILU)
 
 
 # ---------------------------------------------------------------------------------------- launch
+_MAX_STAT_FLOATS = 2048  # row statistics NORM holds in registers across the K loop (16 per thread)
+
 _workspaces: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -266,8 +278,8 @@ def _split_k_workspace(device: torch.device, floats: int, counters: int):
 
 
 def _launch(x, weight, bias, config: SkinnyConfig, *, norm=None, residual=None, gate_silu=False):
-    """One skinny-GEMM launch. ``norm`` = (norm_weight, eps, row_stats): the NORM prologue.
-    ``residual``: the ADD epilogue, and the result is (out, row_stats). ``gate_silu``: W is
+    """One skinny-GEMM launch. ``norm`` = (eps, row_stats): NORM, for a W that holds the norm's
+    weight (see the module docstring). ``residual``: the ADD epilogue, and the result is (out, row_stats). ``gate_silu``: W is
     [gate; up] and out = silu(x W_gate^T) * (x W_up^T)."""
     m, k = x.shape
     assert x.stride(1) == 1 and weight.stride(1) == 1 and weight.shape[1] == k > 0
@@ -286,9 +298,8 @@ def _launch(x, weight, bias, config: SkinnyConfig, *, norm=None, residual=None, 
         stats_out = torch.empty((num_blocks, m), dtype=torch.float32, device=x.device)
     if m == 0:
         return out if residual is None else (out, stats_out)
-    norm_weight, eps, stats_in = norm if norm is not None else (out, 0.0, out)
+    eps, stats_in = norm if norm is not None else (0.0, out)
     if norm is not None:
-        assert norm_weight.shape == (k,) and norm_weight.dtype == x.dtype and norm_weight.is_contiguous()
         assert stats_in.dtype == torch.float32 and stats_in.dim() == 2 and stats_in.shape[1] == m
         assert stats_in.is_contiguous()
     block_m = max(16, triton.next_power_of_2(m)) if cfg.dot else triton.next_power_of_2(m)
@@ -312,16 +323,16 @@ def _launch(x, weight, bias, config: SkinnyConfig, *, norm=None, residual=None, 
                                                         * weight.element_size(), 128))
     norm_rows = triton.next_power_of_2(m)
     num_stat_blocks = stats_in.shape[0] if norm is not None else 1
-    # The statistics are read in chunks of about 4096 floats (registers).
-    stat_chunk = min(triton.next_power_of_2(num_stat_blocks), max(1, 4096 // norm_rows))
+    stats_held = triton.next_power_of_2(num_stat_blocks) * norm_rows <= _MAX_STAT_FLOATS
+    stat_chunk = triton.next_power_of_2(num_stat_blocks) if stats_held else max(1, _MAX_STAT_FLOATS // norm_rows)
     _skinny_kernel[(num_blocks, split_k)](
-        x, weight, out if bias is None else bias, out, ws, counters, norm_weight, stats_in,
+        x, weight, out if bias is None else bias, out, ws, counters, stats_in,
         out if residual is None else residual, out if stats_out is None else stats_out, eps,
         m, n, k, k_per_split, num_stat_blocks, n * weight.stride(0), x.stride(0), weight.stride(0), out.stride(0),
         HAS_BIAS=bias is not None, NORM=norm is not None, ADD=residual is not None, GATE_SILU=gate_silu,
         DOT=cfg.dot, X_LEFT=cfg.dot and cfg.x_left, UPCAST_DOT=not x.is_cuda, EVEN_K=k_per_split % cfg.block_k == 0 and k % k_per_split == 0,
         SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=cfg.block_k, NORM_ROWS=norm_rows,
-        STAT_CHUNK=stat_chunk, USE_PDL=use_pdl, PREFETCH_LINES=prefetch_lines if use_pdl else 1,
+        STAT_CHUNK=stat_chunk, STATS_HELD=stats_held, USE_PDL=use_pdl, PREFETCH_LINES=prefetch_lines if use_pdl else 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=use_pdl,
         enable_fp_fusion=False,  # as every Ember kernel: products round on their own
     )

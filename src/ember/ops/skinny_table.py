@@ -11,29 +11,21 @@ Data, not code: benchmarks/gemv_sweep.py prints these entries; paste its output 
 # 2026-11-22-h200-gemv-sweep-m1-m2.txt, bucket 32 in ...-gemv-sweep-m32.txt, the other buckets
 # in ...-norm-linear-sweep.txt; the fused ops in ...-fused-sweep-*.txt (session 5).
 # A fused op's entry decides for a pair: "linear_add" only pays if the next projection's
-# "rms_norm_*" runs too (else the add is free inside add_rms_norm), so at 0.6B, where the norm
-# prologue wins, the add epilogue stays on though alone it measured 0.2-0.3 us slower.
+# "rms_norm_*" runs too (else the add is free inside add_rms_norm).
 SKINNY_TABLE: dict[tuple[str, int, int, int], tuple | None] = {
     # (op, N, K, M bucket): (block_n, block_k, split_k, num_warps, num_stages, dot[, x_left]),
     # None = fallback
-    # Qwen3-0.6B, fused (session 5, M = 1 and 2; larger M use the "linear" entries)
-    ("rms_norm_linear", 4096, 1024, 1): (8, 512, 1, 4, 4, False),
-    ("rms_norm_linear", 4096, 1024, 2): (32, 256, 1, 4, 4, True, True),
+    # The fused ops at M = 1 and 2 use their shape's "gate_silu" or "linear" entry: since session 9
+    # the norm's weight lives in W and its 1 / rms scales the accumulator, so their K loop is the
+    # plain product's. Not measured at M >= 4: unfused there (0.6B batch 32 decoded at 1.53 ms
+    # per token with the "linear" entries against 1.41 unfused in session 4, with the old fold).
+    **{(op, n, k, m): None for op, n, k in [("linear_add", 1024, 2048), ("linear_add", 1024, 3072),
+                                            ("rms_norm_linear", 4096, 1024), ("rms_norm_gate_silu", 6144, 1024),
+                                            ("linear_add", 4096, 4096), ("linear_add", 4096, 12288),
+                                            ("rms_norm_linear", 6144, 4096), ("rms_norm_gate_silu", 24576, 4096)]
+       for m in (4, 8, 16, 32)},
     ("gate_silu", 6144, 1024, 1): (8, 512, 1, 4, 4, False),
     ("gate_silu", 6144, 1024, 2): (64, 128, 1, 4, 4, True),
-    ("rms_norm_gate_silu", 6144, 1024, 1): (64, 256, 1, 4, 3, True, True),
-    ("rms_norm_gate_silu", 6144, 1024, 2): (64, 256, 1, 4, 3, True, True),
-    # ... not swept at M >= 4 (the sweep ran out of time); with the "linear" entries there, 0.6B
-    # batch 32 decoded at 1.53 ms per token against 1.41 unfused (session 4): unfused at M >= 4.
-    **{(op, n, k, m): None for op, n, k in [("linear_add", 1024, 2048), ("linear_add", 1024, 3072),
-                                            ("rms_norm_linear", 4096, 1024), ("rms_norm_gate_silu", 6144, 1024)]
-       for m in (4, 8, 16, 32)},
-    # Qwen3-8B, fused (session 5, measured at M = 1): the norm prologue costs more than the norm
-    # launch it saves (its math over 16 padded rows every K step), so the norms stay kernels, the
-    # adds stay in them, and only the silu epilogue runs ("gate_silu" uses the "linear" entry).
-    **{(op, n, k, m): None for op, n, k in [("linear_add", 4096, 4096), ("linear_add", 4096, 12288),
-                                            ("rms_norm_linear", 6144, 4096), ("rms_norm_gate_silu", 24576, 4096)]
-       for m in (1, 2, 4, 8, 16, 32)},
     # "linear": the plain projections
     ("linear", 4096, 1024, 1): (32, 256, 1, 4, 4, True),
     ("linear", 4096, 1024, 2): (32, 256, 1, 4, 4, True),

@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs for decode")
     p.add_argument("--no-async-scheduling", dest="async_scheduling", action="store_false",
                    help="read each step's tokens before launching the next (slower; for comparison)")
+    p.add_argument("--no-fold-norms", dest="fold_norms", action="store_false",
+                   help="bf16/fp16 rounded as HF rounds at each RMSNorm (slower decode; see README)")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES, help="larger bodies get 413")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -61,7 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                   max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                   gpu_memory_utilization=args.gpu_memory_utilization, progress=sys.stderr.isatty(),
                   max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=args.prefix_caching,
-                  enforce_eager=args.enforce_eager, async_scheduling=args.async_scheduling)
+                  enforce_eager=args.enforce_eager, async_scheduling=args.async_scheduling,
+                  fold_norms=args.fold_norms)
     except EmberError as exc:
         print(f"ember serve: error: {exc}", file=sys.stderr)
         return 1
