@@ -5,11 +5,12 @@
 #   kerneltests  the kernel tests alone (linear, attention, norm), compiled on the GPU
 #   attn_sweep   benchmarks/decode_attention_sweep.py: split count, split length, merge mode
 #   attn_fused   benchmarks/decode_attention_sweep.py --fused: q/k-norm + RoPE folded into attention or not
-#   norm_sweep   benchmarks/gemv_sweep.py for the fused forms only (add epilogue, norm prologue,
+#   norm_sweep   benchmarks/gemv_sweep.py for the fused forms only (add epilogue, folded norm,
 #                silu epilogue), M = 1 and 2
 #   norm_sweep_big  the same for 0.6B at M = 4..32 (the table has these fused ops off there, unswept)
 #   tp06         benchmarks/throughput.py, 0.6B, Ember alone
 #   sweep        benchmarks/gemv_sweep.py: skinny GEMM vs cuBLAS at the 0.6B and 8B projections
+#   engine_sweep benchmarks/gemv_engine_sweep.py: batch-1 tile candidates timed inside the decode graph
 #   pdl          benchmarks/pdl_check.py: the decode graph with and without PDL
 #   breakdown    benchmarks/step_breakdown.py (graph GPU time, host phases, kernels)
 #   timeline     benchmarks/decode_timeline.py: batch-1 decode steps' device timeline and gaps, 0.6B and 8B
@@ -51,6 +52,8 @@ for step in "$@"; do
              --out "$OUT/norm_sweep_big.json" 2>&1 | tee "$OUT/norm_sweep_big.txt" | tail -40 ;;
     tp06) timeout 150 python3 benchmarks/throughput.py -m /tmp/qwen3-0.6B --load-format dummy --out "$OUT/tp-0.6B" \
              2>&1 | tail -25 ;;
+    engine_sweep) timeout 330 python3 benchmarks/gemv_engine_sweep.py --shapes 8B,0.6B \
+             --out "$OUT/gemv_engine_sweep.json" 2>&1 | tee "$OUT/gemv_engine_sweep.txt" | grep -v Warning ;;
     sweep) timeout 240 python3 benchmarks/gemv_sweep.py --models 0.6B,8B --out "$OUT/gemv_sweep.json" 2>&1 \
              | tee "$OUT/gemv_sweep.txt" | tail -45 ;;
     pdl) timeout 280 python3 benchmarks/pdl_check.py --shapes 0.6B,8B --batch-sizes 1,32 --out "$OUT/pdl_check.json" ;;

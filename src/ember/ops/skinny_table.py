@@ -24,6 +24,10 @@ SKINNY_TABLE: dict[tuple[str, int, int, int], tuple | None] = {
                                             ("linear_add", 4096, 4096), ("linear_add", 4096, 12288),
                                             ("rms_norm_linear", 6144, 4096), ("rms_norm_gate_silu", 24576, 4096)]
        for m in (4, 8, 16, 32)},
+    # Measured inside the decode graph (benchmarks/gemv_engine_sweep.py, session 9): 0.6B's qkv at
+    # M = 1 with 64 wide tiles (64 programs) took 48 us less per step than the isolated sweep's
+    # pick; every other batch-1 projection of 0.6B and 8B kept its entry (none of 4-5 candidates won).
+    ("rms_norm_linear", 4096, 1024, 1): (64, 256, 1, 4, 3, True),
     ("gate_silu", 6144, 1024, 1): (8, 512, 1, 4, 4, False),
     ("gate_silu", 6144, 1024, 2): (64, 128, 1, 4, 4, True),
     # "linear": the plain projections
