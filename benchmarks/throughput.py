@@ -80,11 +80,14 @@ def run_ember(path: str, args, load_format: str, device: torch.device, prompts, 
     preemptions = engine.scheduler.num_preemptions
     reset_peak_memory(device)
     steps = record_steps(engine)
-    with TritonBuildWatch() as builds:  # a kernel built in the timed run would read as slow steps
+    allocator = allocator_counts(device)
+    # A kernel built, or a Python collection, in the timed run would read as slow steps.
+    with TritonBuildWatch() as builds, CollectionWatch() as collections:
         start = now(device)
         outs = llm.generate(prompts, params, use_tqdm=False)
         elapsed = now(device) - start
     del engine.step  # back to the class's method
+    allocator = {k: v - allocator[k] for k, v in allocator_counts(device).items()}
     generated = [len(o.outputs[0].token_ids) for o in outs]
     if generated != out_lens:  # ignore_eos: anything else means the run did not do the workload
         raise RuntimeError(f"Ember generated {sum(generated)} tokens, expected {sum(out_lens)}")
@@ -96,6 +99,8 @@ def run_ember(path: str, args, load_format: str, device: torch.device, prompts, 
         "engine": kv_cache_info(llm),
         "triton_builds": builds.builds,
         "triton_builds_summary": builds.summary(),
+        **slow_step_diagnostics(steps, collections.events),
+        "cuda_allocator": allocator or None,
     }
     del llm, engine
     gc.collect()
@@ -104,10 +109,11 @@ def run_ember(path: str, args, load_format: str, device: torch.device, prompts, 
     return result
 
 
-def record_steps(engine) -> list[tuple[int, int, float]]:
-    """Per engine step from now on: (decode rows, prompt tokens, wall seconds) of the batch it
-    scheduled. With async scheduling a step's wall time is its launch plus the wait for the
-    step before, so it stands for the GPU time of the batch launched one step earlier."""
+def record_steps(engine) -> list[tuple[int, int, float, float]]:
+    """Per engine step from now on: (decode rows, prompt tokens, wall seconds, start on the
+    perf_counter clock) of the batch it scheduled. With async scheduling a step's wall time is
+    its launch plus the wait for the step before, so it stands for the GPU time of the batch
+    launched one step earlier."""
     log, step = [], engine.step
 
     def timed_step():
@@ -115,7 +121,7 @@ def record_steps(engine) -> list[tuple[int, int, float]]:
         outputs = step()
         batch = getattr(engine, "_last_batch", None)
         rows = batch.num_new_tokens if batch is not None else []
-        log.append((sum(n == 1 for n in rows), sum(n for n in rows if n > 1), time.perf_counter() - t))
+        log.append((sum(n == 1 for n in rows), sum(n for n in rows if n > 1), time.perf_counter() - t, t))
         return outputs
 
     engine.step = timed_step
@@ -125,7 +131,7 @@ def record_steps(engine) -> list[tuple[int, int, float]]:
 def summarize_steps(log: list[tuple[int, int, float]]) -> dict:
     """Where the wall time went: steps with prompt tokens, and pure decode steps by batch size."""
     groups: dict[str, list[float]] = {}
-    for decode_rows, prompt_tokens, seconds in log:
+    for decode_rows, prompt_tokens, seconds, *_ in log:
         if prompt_tokens:
             key = "with_prompt_tokens"
         else:
@@ -134,6 +140,61 @@ def summarize_steps(log: list[tuple[int, int, float]]) -> dict:
         groups.setdefault(key, []).append(seconds)
     return {k: {"steps": len(v), "seconds": sum(v), "ms_per_step": 1000 * sum(v) / len(v), "max_ms": 1000 * max(v)}
             for k, v in sorted(groups.items())}
+
+
+class CollectionWatch:
+    """Every Python garbage collection while active: generation, start (perf_counter) and ms."""
+
+    def __enter__(self):
+        self.events: list[dict] = []
+        self._start = 0.0
+        gc.callbacks.append(self._callback)
+        return self
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.events.append({"generation": info["generation"], "start": self._start,
+                                "ms": 1000 * (time.perf_counter() - self._start)})
+
+    def __exit__(self, *exc):
+        gc.callbacks.remove(self._callback)
+
+
+def allocator_counts(device: torch.device) -> dict:
+    """Counters of the CUDA caching allocator that a slow step could come from (cudaMalloc of a
+    new segment, a retry after freeing the cache); nothing off CUDA."""
+    if device.type != "cuda":
+        return {}
+    stats = torch.cuda.memory_stats(device)
+    return {"alloc_retries": stats.get("num_alloc_retries", 0),
+            "segments_allocated": stats.get("segment.all.allocated", 0),
+            "device_allocs": stats.get("num_device_alloc", 0)}
+
+
+def slow_step_diagnostics(log: list[tuple[int, int, float, float]], collections: list[dict], top: int = 5) -> dict:
+    """The slowest steps, each with the collection time inside it, and the collections by
+    generation with the longest ones placed in their step: what an outlier step was doing."""
+    def step_of(t: float) -> int | None:
+        return next((i for i, (*_, seconds, start) in enumerate(log) if start <= t <= start + seconds), None)
+
+    gc_ms = [0.0] * len(log)
+    for c in collections:
+        i = step_of(c["start"])
+        c["step"] = i
+        if i is not None:
+            gc_ms[i] += c["ms"]
+    slowest = sorted(range(len(log)), key=lambda i: -log[i][2])[:top]
+    by_generation = {str(g): [c["ms"] for c in collections if c["generation"] == g] for g in (0, 1, 2)}
+    return {
+        "slowest_steps": [{"step": i, "ms": 1000 * log[i][2], "decode_rows": log[i][0], "prompt_tokens": log[i][1],
+                           "gc_ms": gc_ms[i]} for i in slowest],
+        "gc": {"collections": {g: len(v) for g, v in by_generation.items()},
+               "ms": {g: sum(v) for g, v in by_generation.items()},
+               "longest": [{k: c[k] for k in ("generation", "ms", "step")}
+                           for c in sorted(collections, key=lambda c: -c["ms"])[:top]]},
+    }
 
 
 # ----- HF transformers ----------------------------------------------------------------------------
@@ -205,6 +266,14 @@ def markdown(r: dict) -> str:
         "",
         f"Triton kernels built during Ember's timed run: {r['ember'].get('triton_builds_summary', '–')}.",
     ]
+    if "slowest_steps" in r["ember"]:
+        e = r["ember"]
+        parts += ["", "Slowest steps: " + "; ".join(
+            f"#{s['step']} {s['ms']:.2f} ms ({s['decode_rows']} decode rows, {s['prompt_tokens']} prompt tokens, "
+            f"{s['gc_ms']:.2f} ms in Python collections)" for s in e["slowest_steps"]) + ". Python collections "
+            "in the timed run by generation: " + ", ".join(
+                f"{g}: {n} ({e['gc']['ms'][g]:.1f} ms)" for g, n in e["gc"]["collections"].items())
+            + (f". CUDA allocator during the run: {e['cuda_allocator']}." if e.get("cuda_allocator") else ".")]
     if r["hf"]:
         subset = (f" HF ran the first {r['hf']['num_requests']} of the {w['num_requests']} requests; its tok/s is "
                   "over those." if r["hf"].get("num_requests", w["num_requests"]) < w["num_requests"] else "")

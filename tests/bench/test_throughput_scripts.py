@@ -93,6 +93,38 @@ def test_throughput_reports_a_kernel_built_in_the_timed_run(tiny_checkpoint, tmp
     assert "built during Ember's timed run: _simulated_kernel ×1" in (tmp_path / "throughput.md").read_text()
 
 
+def test_throughput_places_a_collection_in_the_step_it_slowed(tiny_checkpoint, tmp_path, monkeypatch):
+    """The once-per-run slow step: every Python collection of the timed run is counted by
+    generation and placed in the step it ran inside; the slowest steps carry their share."""
+    import gc
+    import time
+
+    from ember.engine.llm_engine import LLMEngine
+
+    tp = load_script("throughput")
+    calls, step = [], LLMEngine.step
+
+    def step_with_a_collection(self):
+        calls.append(1)
+        if len(calls) == 12:  # a step of the timed run (the warm-up takes fewer)
+            gc.collect(2)
+            time.sleep(0.3)  # and make it the slowest
+        return step(self)
+
+    monkeypatch.setattr(LLMEngine, "step", step_with_a_collection)
+    tp.main(["-m", str(tiny_checkpoint), "--load-format", "dummy", "--small", "--temperature", "0",
+             "--device", "cpu", "--out", str(tmp_path)])
+    e = json.loads((tmp_path / "throughput.json").read_text())["ember"]
+    assert e["gc"]["collections"]["2"] >= 1
+    placed = [c for c in e["gc"]["longest"] if c["generation"] == 2 and c["step"] is not None]
+    assert placed, e["gc"]
+    slowest = e["slowest_steps"][0]
+    assert slowest["ms"] >= 300 and slowest["gc_ms"] > 0 and slowest["step"] == placed[0]["step"]
+    assert [s["ms"] for s in e["slowest_steps"]] == sorted((s["ms"] for s in e["slowest_steps"]), reverse=True)
+    assert e["cuda_allocator"] is None  # CPU
+    assert "Slowest steps: #" in (tmp_path / "throughput.md").read_text()
+
+
 @pytest.mark.parametrize("client", ["raw", "openai"])
 def test_serve_load_small(tiny_checkpoint, tmp_path, client):
     sl = load_script("serve_load")
