@@ -148,7 +148,8 @@ def sweep_shape(op, n, k, ms, rate, log) -> list[dict]:
         if op == "linear_add":
             return lambda x, w: linear_add_triton(x[0], w, x[1], config=cfg).hidden
         if op in ("rms_norm_linear", "rms_norm_gate_silu"):
-            return lambda x, w: rms_norm_linear_triton(stream(x), norm_w, 1e-6, w, silu_mul=silu, config=cfg)[0]
+            return lambda x, w: rms_norm_linear_triton(stream(x), norm_w, 1e-6, w, silu_mul=silu, norm_folded=True,
+                                                       config=cfg)[0]
         if silu:
             return lambda x, w: linear_silu_mul_triton(x[0], w, config=cfg)
         return lambda x, w: linear_triton(x[0], w, config=cfg)

@@ -137,7 +137,7 @@ def test_rms_norm_linear_kernel(m, dtype, silu_mul, config):
     bias = None if silu_mul else make((40,), dtype, seed=8)
     w_folded, ones = w.clone(), norm_w.clone()
     fold_norm_weight(w_folded, ones)
-    out, hidden = rms_norm_linear_triton(stream, ones, 1e-6, w_folded, bias, silu_mul, config=config)
+    out, hidden = rms_norm_linear_triton(stream, ones, 1e-6, w_folded, bias, silu_mul, norm_folded=True, config=config)
     assert hidden is stream.hidden and out.shape == (m, 40)
     ref, ref_hidden = rms_norm_linear_reference(ResidualStream(stream.hidden), ones, 1e-6, w_folded, bias, silu_mul,
                                                 norm_folded=True)
@@ -158,7 +158,7 @@ def test_rms_norm_linear_kernel_with_statistics_in_chunks(monkeypatch):
     stream, _ = make_stream(3, torch.float32, config)
     assert stream.row_stats.shape == (18, 3)
     w = make((40, 72), torch.float32, scale=0.1, seed=7)
-    out, _ = rms_norm_linear_triton(stream, torch.ones(72), 1e-6, w, config=config)
+    out, _ = rms_norm_linear_triton(stream, torch.ones(72), 1e-6, w, norm_folded=True, config=config)
     ref, _ = rms_norm_linear_reference(ResidualStream(stream.hidden), torch.ones(72), 1e-6, w, norm_folded=True)
     assert_gemm_close(out, ref)
 
@@ -316,7 +316,8 @@ def test_gpu_real_shapes(m, n, k, dtype):
                                                norm_folded=True)
             out, hidden = (rms_norm_linear(stream, norm_w, 1e-6, w_next, silu_mul=silu, norm_folded=True)
                            if config is None else
-                           rms_norm_linear_triton(stream, norm_w, 1e-6, w_next, silu_mul=silu, config=config))
+                           rms_norm_linear_triton(stream, norm_w, 1e-6, w_next, silu_mul=silu, norm_folded=True,
+                                                  config=config))
             assert hidden is stream.hidden
             # (The dispatcher may take the unfused path, which rounds x / rms: ~2 ulp more.)
             assert_gemm_close(out, ref, 4.0)
@@ -342,7 +343,8 @@ def test_gpu_cuda_graph_capture(config):
             return (linear(x, w), *rms_norm_linear(stream, norm_w, 1e-6, w_gate_up, silu_mul=True, norm_folded=True))
         stream = linear_add_triton(x, w, residual, config=config)
         return (linear_triton(x, w, config=config),
-                *rms_norm_linear_triton(stream, norm_w, 1e-6, w_gate_up, silu_mul=True, config=config))
+                *rms_norm_linear_triton(stream, norm_w, 1e-6, w_gate_up, silu_mul=True, norm_folded=True,
+                                        config=config))
 
     step()  # compile and create the split-K workspace outside the capture
     torch.cuda.synchronize()

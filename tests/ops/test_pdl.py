@@ -123,7 +123,8 @@ def layer_step(layer, state, configs: dict | None = None):
         q, state.k_cache, state.v_cache, state.block_tables, state.ctx_lens, d**-0.5,
         workspace=state.workspace, num_splits=state.num_splits, counters=state.counters)
     stream = linear_ops.linear_add_triton(attn.view(batch, hq * d), layer.o, residual, config=configs.get("o"))
-    act, _ = linear_ops.rms_norm_linear_triton(stream, layer.norm2, EPS, layer.gate_up, silu_mul=True,
+    # (gate_up stands for a weight with norm2 folded in: the kernel scales by 1 / rms only.)
+    act, _ = linear_ops.rms_norm_linear_triton(stream, layer.norm2, EPS, layer.gate_up, silu_mul=True, norm_folded=True,
                                                    config=configs.get("gate_up"))
     stream = linear_ops.linear_add_triton(act, layer.down, stream.hidden, config=configs.get("down"))
     return mods["norm"].rms_norm_triton(stream.hidden, layer.norm3, EPS), stream.hidden

@@ -160,7 +160,7 @@ def _fused_norm_launch(stream: ResidualStream, eps: float, weight: torch.Tensor,
 
 
 def rms_norm_linear_triton(stream: ResidualStream, norm_weight: torch.Tensor, eps: float, weight: torch.Tensor,
-                           bias: torch.Tensor | None = None, silu_mul: bool = False, norm_folded: bool = True,
+                           bias: torch.Tensor | None = None, silu_mul: bool = False, norm_folded: bool = False,
                            config: SkinnyConfig | None = None):
     """One launch: needs a folded norm and a summed stream with row statistics (from ``linear_add``)."""
     assert norm_folded, "the kernel runs the norm with its weight folded into W"

@@ -121,10 +121,11 @@ def _weight_product(acc, w_rows, cols, k_end, x, EVEN_K: tl.constexpr, DOT: tl.c
 @triton.jit
 def _epilogue(acc, acc_up, rstd, out_ptr, bias_ptr, res_ptr, stats_ptr, pid_n, offs_n, offs_m, M, N, stride_om,
               NORM: tl.constexpr, HAS_BIAS: tl.constexpr, ADD: tl.constexpr, GATE_SILU: tl.constexpr):
-    """Store the fp32 product rounded to the dtype, after what rides along, each step rounded as
-    the unfused ops round: each row's 1 / rms (NORM, on the fp32 product); the bias;
-    silu(gate) * up (GATE_SILU, as ops.silu_mul); the residual add (ADD), whose rows' sums of
-    squares over this block's columns go to stats[pid_n]."""
+    """Store the fp32 product rounded to the dtype, after what rides along: each row's 1 / rms
+    (NORM: it scales the fp32 product before any rounding, the folded norm's only rounding point);
+    then, each step rounded as the unfused ops round, the bias; silu(gate) * up (GATE_SILU, as
+    ops.silu_mul); the residual add (ADD), whose rows' sums of squares over this block's columns
+    go to stats[pid_n]."""
     dtype = out_ptr.dtype.element_ty
     mask = (offs_n[:, None] < N) & (offs_m[None, :] < M)
     if NORM:
