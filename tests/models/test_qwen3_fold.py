@@ -32,6 +32,23 @@ def test_fold_moves_each_layer_norm_into_its_projection_once(tiny_checkpoint):
     assert torch.equal(folded.model.layers[0].self_attn.qkv_proj.weight, qkv)
 
 
+def test_reloading_weights_undoes_the_fold(tiny_checkpoint):
+    """Weights loaded into a folded model are the checkpoint's again, norms included: the model
+    must compute with them as loaded, not as if still folded."""
+    from ember.loader.weights import init_dummy_weights, load_checkpoint_weights
+
+    llm = make_llm(tiny_checkpoint, "float32", fold=True)
+    model = llm.engine.model
+    ids = [llm.tokenizer.encode(PROMPTS[0])]
+    want = llm.engine.prompt_logits(ids)[0]
+    with torch.inference_mode():
+        init_dummy_weights(model, seed=5)
+        assert not any(layer.input_layernorm.folded for layer in model.model.layers)
+        load_checkpoint_weights(model, tiny_checkpoint, progress=False)
+    assert not any(layer.post_attention_layernorm.folded for layer in model.model.layers)
+    torch.testing.assert_close(llm.engine.prompt_logits(ids)[0], want, atol=1e-5, rtol=1e-5)
+
+
 def test_folded_model_computes_the_same_function(tiny_checkpoint):
     """fp32: logits within 1e-5 and identical greedy tokens. bf16: the fold's error against the
     fp32 model is no larger than the unfolded model's (what the GPU tests ask against HF)."""

@@ -76,6 +76,14 @@ def load_checkpoint_weights(model: nn.Module, folder: str | Path, progress: bool
                 )
             target.copy_(tensor.to(target.device, non_blocking=False))
             bar.update(tensor.numel() * tensor.element_size())
+    _mark_unfolded(model)
+
+
+def _mark_unfolded(model: nn.Module) -> None:
+    """Fresh weights hold the checkpoint's norms: a fold done before (``fold_norms``) no longer holds."""
+    for module in model.modules():
+        if getattr(module, "folded", False):
+            module.folded = False
 
 
 @torch.no_grad()
@@ -91,3 +99,4 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
             param.data.normal_(1.0, 0.05, generator=gen)
         else:
             param.data.normal_(0.0, 0.02, generator=gen)
+    _mark_unfolded(model)
