@@ -26,7 +26,7 @@ def test_serve_starts_answers_and_shuts_down(tiny_checkpoint, sig):
     proc = subprocess.Popen(
         [sys.executable, "-m", "ember.cli.main", "serve", str(tiny_checkpoint), "--port", str(port),
          "--device", "cpu", "--max-model-len", "128", "--max-num-seqs", "4", "--max-num-batched-tokens", "64",
-         "--no-prefix-caching", "--enforce-eager", "--no-fold-norms", "--log-level", "warning"],
+         "--no-prefix-caching", "--enforce-eager", "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     try:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from ember.ops.activation import silu_mul, silu_mul_reference
 from ember.ops.dispatch import use_triton
-from ember.ops.norm import add_rms_norm, rms_norm, rms_norm_reference
+from ember.ops.norm import add_rms_norm, add_rms_norm_reference, rms_norm, rms_norm_reference
 from ember.ops.skinny_gemm import (  # noqa: F401 -- the tuning names are re-exported for tests and sweeps
     _HEURISTIC_MAX_M,
     _WORKSPACE_FLOATS,
@@ -137,19 +137,15 @@ def rms_norm_linear_reference(stream: ResidualStream, norm_weight: torch.Tensor,
     """``(y, h)``: h = the stream summed; y = rms_norm(h) W^T + b, or with ``silu_mul`` (W = [gate; up],
     no bias) silu(g) * u of that product.
 
-    ``norm_folded``: the norm's weight has been folded into W's columns (``fold_norm_weight``;
-    ``norm_weight`` is then all ones), and y = (1 / rms(h)) * (h W^T), the fp32 product scaled
-    per row before its rounding, as the kernel computes it."""
+    ``norm_folded`` (the norm's weight folded into W's columns by ``fold_norm_weight``, so
+    ``norm_weight`` is all ones) changes nothing here: the unit-weight norm, then W, is the folded
+    math, and the model's dtype is kept (no fp32 copy of W per call on the CPU path). The kernel
+    scales its fp32 product by 1 / rms instead, so it rounds x / rms nowhere: within an ulp."""
     if stream.residual is None:
-        hidden = stream.hidden
+        hidden, normed = stream.hidden, rms_norm_reference(stream.hidden, norm_weight, eps)
     else:
-        hidden = stream.hidden + stream.residual
-    if norm_folded:
-        h = hidden.float()
-        y = (F.linear(h, weight.float()) * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps))
-        y = (y if bias is None else y + bias.float()).to(hidden.dtype)
-    else:
-        y = F.linear(rms_norm_reference(hidden, norm_weight, eps), weight, bias)
+        normed, hidden = add_rms_norm_reference(stream.hidden, stream.residual, norm_weight, eps)
+    y = F.linear(normed, weight, bias)
     return (silu_mul_reference(y) if silu_mul else y), hidden
 
 
@@ -193,10 +189,10 @@ def rms_norm_linear(stream: ResidualStream, norm_weight: torch.Tensor, eps: floa
 
 @torch.no_grad()
 def fold_norm_weight(weight: torch.Tensor, norm_weight: torch.Tensor, rows_per_chunk: int = 4096) -> None:
-    """W <- W diag(g) in place, rounded once to W's dtype, and g <- 1: then
-    rms_norm(x; g) W^T = rms_norm(x; 1) W^T exactly in real arithmetic, and a kernel may scale the
-    plain product x W^T by 1 / rms(x) afterwards instead of normalising x on its way in. Chunked
-    so the fp32 temporary stays small next to the weight."""
+    """W' = W diag(g) in place of W, rounded once to W's dtype, and g <- 1: then, in real
+    arithmetic, rms_norm(x; g) W^T = rms_norm(x; 1) W'^T = (1 / rms(x)) * (x W'^T), so a kernel may
+    scale the plain product by 1 / rms(x) afterwards instead of normalising x on its way in.
+    Chunked so the fp32 temporary stays small next to the weight."""
     assert weight.shape[-1] == norm_weight.shape[0], (weight.shape, norm_weight.shape)
     g = norm_weight.to(device=weight.device, dtype=torch.float32)
     for start in range(0, weight.shape[0], rows_per_chunk):
