@@ -29,7 +29,7 @@ def positive(x) -> bool:
 def bench_run(tiny_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     argv = ["bench", "-m", str(tiny_checkpoint), "--configs", "small", "--batch-sizes", "2", "--prompt-lens", "12",
-            "--gen-len", "4", "--reps", "2", "--compare", "hf", "--profile", "--out", str(out)]
+            "--gen-len", "4", "--reps", "2", "--compare", "hf", "--profile", "--max-model-len", "80", "--out", str(out)]
     assert main(argv) == 0
     return out, json.loads((out / "bench.json").read_text())
 
@@ -48,6 +48,7 @@ def test_json_records_environment_model_and_ceilings(bench_run):
     assert positive(r["ceilings"]["copy"]["bytes_per_s"]) and is_stat(r["ceilings"]["copy"]["rate_bytes_per_s"])
     assert positive(r["ceilings"]["matmul"]["flop_per_s"])
     assert r["engine"]["kv_cache_tokens"] >= 2 * 16
+    assert r["engine"]["max_model_len"] == 80  # --max-model-len, not the longest config (16)
 
 
 def test_json_per_config_figures_and_ratios(bench_run):

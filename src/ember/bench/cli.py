@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-lens", type=int_list, help="comma-separated, e.g. 128,2048,8192")
     p.add_argument("--gen-len", type=int, help="tokens generated per sequence (>= 2)")
     p.add_argument("--reps", type=int, help="timed repetitions after one warm-up")
+    p.add_argument("--max-model-len", type=int,
+                   help="the engine's context limit (default: the longest prompt + gen-len). A server runs "
+                        "with the model's whole context, and at small batches the decode attention's split "
+                        "count follows it, so set it to compare with serving")
     p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/<date>-<gpu>-<model>/)")
     p.add_argument("--compare", choices=["hf"], help="also run HF transformers on the same weights")
     p.add_argument("--hf-variants", default="eager,static_compiled",
