@@ -67,11 +67,7 @@ def replay_ms(engine, reps: int) -> float:
     for _ in range(3):  # the capture filled the inputs with padding: real steps refill them
         engine.step()
     torch.cuda.synchronize()
-    # The graph the engine replays at this context (at ~130 tokens: the one whose o projection
-    # merges the attention's partials, where the model has it).
-    context_len = max(len(s) for s in engine.scheduler.running)
-    graph = (graphs.deferred_graphs if graphs.defer_merge(1, context_len) else graphs.graphs).get(1) or graphs.graphs[1]
-    return replay_us(graph, reps, trials=3) / 1000
+    return replay_us(graphs.graphs[1], reps, trials=3) / 1000
 
 
 def sweep_shape(shape: str, root: Path, reps: int, projections: list[str] | None = None) -> dict:

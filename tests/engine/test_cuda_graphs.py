@@ -18,7 +18,7 @@ from ember.cli.main import build_parser
 from ember.engine.llm_engine import EngineArgs
 from ember.engine.cuda_graphs import (MAX_ARGMAX_IN_GRAPH, MAX_GRAPH_BATCH, DecodeGraphs, decode_graph_buckets,
                                      pick_bucket)
-from ember.ops.decode_attention import decode_num_splits, decode_workspace_numel, defer_merge_pays
+from ember.ops.decode_attention import decode_num_splits, decode_workspace_numel
 
 MAX_NUM_SEQS = 8
 # Mixed prompt lengths; different max_tokens make the decode batch shrink 5, 4, 3, 2, 1,
@@ -29,8 +29,7 @@ PARAMS = [SamplingParams(temperature=0, max_tokens=m, ignore_eos=True) for m in 
 
 @pytest.fixture(scope="module")
 def llm(tiny_checkpoint):
-    # 1,024 tokens: 16 attention splits at small batches, so buckets 1 and 2 defer their merges.
-    return LLM(str(tiny_checkpoint), dtype="float32", device="cpu", max_model_len=1024,
+    return LLM(str(tiny_checkpoint), dtype="float32", device="cpu", max_model_len=256,
                max_num_seqs=MAX_NUM_SEQS, progress=False)
 
 
@@ -125,13 +124,13 @@ class FakeGraph:
     was captured for, into the graphs' logits, as the real graph's kernels would."""
 
     def __init__(self):
-        self.graphs, self.bucket, self.defer_merge, self.replays = None, None, None, 0
+        self.graphs, self.bucket, self.replays = None, None, 0
 
     def replay(self):
         self.replays += 1
         with torch.inference_mode():
             self.graphs.forward(self.bucket, out=self.graphs.logits[: self.bucket],
-                                argmax=self.bucket in self.graphs.argmax_buckets, defer_merge=self.defer_merge)
+                                argmax=self.bucket in self.graphs.argmax_buckets)
 
 
 def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
@@ -147,18 +146,18 @@ def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
     forwards = []
     forward = graphs.forward
 
-    def recording_forward(num_rows, out=None, argmax=False, defer_merge=False):
-        forwards.append((num_rows, defer_merge))
+    def recording_forward(num_rows, out=None, argmax=False):
+        forwards.append(num_rows)
         assert out is not None and out.data_ptr() == graphs.logits.data_ptr()  # the LM head writes in place
         assert argmax == (num_rows <= MAX_ARGMAX_IN_GRAPH)
-        return forward(num_rows, out=out, argmax=argmax, defer_merge=defer_merge)
+        return forward(num_rows, out=out, argmax=argmax)
 
     @contextlib.contextmanager
     def fake_capture(graph, pool=None):
         inputs = runner.inputs
         assert inputs.decode_slots.eq(-1).all() and inputs.decode_context_lens.eq(0).all()  # all padding
         yield
-        graph.graphs, (graph.bucket, graph.defer_merge) = graphs, forwards[-1]
+        graph.graphs, graph.bucket = graphs, forwards[-1]
 
     graphs.forward = recording_forward
     with monkeypatch.context() as m:
@@ -171,15 +170,8 @@ def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
     del graphs.forward
     buckets = decode_graph_buckets(MAX_NUM_SEQS)
     assert graphs.buckets == buckets and sorted(graphs.graphs) == buckets
-    # Buckets of 1-2 rows (many attention splits) also get the graph whose o projections merge.
-    deferred = [b for b in buckets if defer_merge_pays(b, graphs.num_splits[b], 1)]
-    assert deferred == [1, 2] and sorted(graphs.deferred_graphs) == deferred
-    # Largest first; warm-up, then capture; then one replay of each graph (its upload).
-    captures = [(b, d) for b in reversed(buckets) for d in (False, True) if not d or b in deferred for _ in range(2)]
-    uploads = [(b, False) for b in reversed(buckets)] + [(b, True) for b in reversed(deferred)]
-    assert forwards == captures + uploads
-    assert all(g.bucket == b and not g.defer_merge for b, g in graphs.graphs.items())
-    assert all(g.bucket == b and g.defer_merge for b, g in graphs.deferred_graphs.items())
+    assert forwards == [b for b in reversed(buckets) for _ in range(2)]  # largest first; warm-up, capture
+    assert all(g.bucket == b for b, g in graphs.graphs.items())
     assert graphs.num_splits == {
         b: decode_num_splits(b, cfg.num_key_value_heads, runner.max_blocks_per_seq, runner.block_size)
         for b in buckets}
@@ -187,21 +179,9 @@ def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
         decode_workspace_numel(b, cfg.num_attention_heads, cfg.head_dim, graphs.num_splits[b]) for b in buckets)
     assert graphs.counters.shape == (MAX_NUM_SEQS * cfg.num_key_value_heads,) and graphs.counters.eq(0).all()
     assert graphs.logits.shape == (MAX_NUM_SEQS, cfg.vocab_size) and graphs.logits.dtype == runner.model.logits_dtype
-    assert torch.equal(k_cache, k_before)  # capture (and the uploading replays) wrote no K/V
-    every_graph = [*graphs.graphs.values(), *graphs.deferred_graphs.values()]
-    assert all(g.replays == 1 for g in every_graph)  # each launched once at capture: uploaded
-    for g in every_graph:
-        g.replays = 0
+    assert torch.equal(k_cache, k_before)  # capture wrote no K/V
 
     monkeypatch.setattr(runner, "cuda_graphs", graphs)
     got = [o.token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
     assert got == want
-    assert {b for b, g in graphs.graphs.items() if g.replays} >= {4, 8}
-    # Every context here is short: batches of 1-2 rows replayed the graphs that defer the merge.
-    assert {b for b, g in graphs.deferred_graphs.items() if g.replays} == {1, 2}
-    # The replay picks by the longest context: past 8 splits' worth (512 tokens), the merge launch.
-    for max_context_len, table in ((513, graphs.graphs), (512, graphs.deferred_graphs)):
-        before = table[1].replays
-        with torch.inference_mode():
-            graphs.run_bucket(1, 1, max_context_len)
-        assert table[1].replays == before + 1
+    assert {b for b, g in graphs.graphs.items() if g.replays} >= {1, 2, 4, 8}

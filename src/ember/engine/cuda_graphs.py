@@ -6,11 +6,6 @@ logits buffer, is captured once at start-up and replayed. A batch runs padded to
 bucket that holds it; the graphs read their inputs from the fixed decode buffers of
 ``StepInputs``.
 
-Buckets of one or two rows get a second graph, for contexts short enough (at most
-``PROJECTION_MERGE_MAX_SPLITS`` attention splits hold keys) that each layer's o projection merges
-the attention's split partials itself instead of a merge launch (``defer_merge_pays``); the
-replay picks the graph from the batch's longest context.
-
 Graphs of small buckets also take the greedy argmax into the decode token buffer, where the
 sampler keeps it for greedy rows and the next step reads it: at batch 1 every operation left
 outside the graph costs a few microseconds of device time (~0.5% of a Qwen3-0.6B token). Larger
@@ -27,7 +22,7 @@ from ember.config import ModelConfig
 from ember.engine.step_inputs import StepInputs
 from ember.layers.attention import AttentionMetadata
 from ember.ops.argmax import argmax_rows
-from ember.ops.decode_attention import decode_num_splits, decode_workspace_numel, defer_merge_pays
+from ember.ops.decode_attention import decode_num_splits, decode_workspace_numel
 
 # Decode batch sizes that get a CUDA graph: the small ones close together, then steps of 16.
 _SMALL_BUCKETS = (1, 2, 4, 8, 16, 24, 32)
@@ -69,26 +64,16 @@ class DecodeGraphs:
         # enforce_eager).
         self.buckets: list[int] = []
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.deferred_graphs: dict[int, torch.cuda.CUDAGraph] = {}  # short contexts: merge in the o projection
         self.num_splits: dict[int, int] = {}  # decode attention splits at each bucket
         self.workspace: torch.Tensor | None = None  # decode attention scratch, all buckets
         self.counters: torch.Tensor | None = None  # its zeroed int32 arrival counters, all buckets
         self.logits: torch.Tensor | None = None  # [largest bucket, vocab], model dtype: graphs' output
         self.argmax_buckets: set[int] = set()  # graphs that also write the greedy tokens
 
-    def defer_merge(self, num_rows: int, max_context_len: int) -> bool:
-        """Whether a decode step of ``num_rows`` rows, the longest context ``max_context_len``, leaves
-        its attention merges to the o projections (``ops.decode_attention.defer_merge_pays``)."""
-        num_splits = self.num_splits.get(num_rows) or decode_num_splits(
-            num_rows, self.cfg.num_key_value_heads, self.max_blocks_per_seq, self.block_size)
-        return defer_merge_pays(num_rows, num_splits, max_context_len)
-
-    def forward(self, num_rows: int, out: torch.Tensor | None = None, argmax: bool = False,
-                defer_merge: bool = False) -> torch.Tensor:
+    def forward(self, num_rows: int, out: torch.Tensor | None = None, argmax: bool = False) -> torch.Tensor:
         """Logits (model dtype) of the first ``num_rows`` rows of the decode buffers, into ``out``
         if given: the body of a decode graph. Buckets use the preallocated attention workspace.
-        ``argmax``: also write each row's argmax over the logits into the decode token buffer.
-        ``defer_merge``: see ``AttentionMetadata.decode_defer_merge``."""
+        ``argmax``: also write each row's argmax over the logits into the decode token buffer."""
         inputs = self.inputs
         num_splits = self.num_splits.get(num_rows)
         meta = AttentionMetadata(
@@ -99,7 +84,6 @@ class DecodeGraphs:
             decode_workspace=self.workspace if num_splits is not None else None,
             decode_counters=self.counters if num_splits is not None else None,
             decode_num_splits=num_splits,
-            decode_defer_merge=defer_merge,
         )
         hidden = self.model(inputs.decode_input_ids[:num_rows], inputs.decode_positions[:num_rows], meta)
         logits = self.model.compute_logits(hidden, out=out)
@@ -107,15 +91,13 @@ class DecodeGraphs:
             argmax_rows(logits, out=inputs.decode_input_ids[:num_rows])
         return logits
 
-    def run_bucket(self, bucket: int, num_seqs: int, max_context_len: int) -> tuple[torch.Tensor, bool]:
-        """Logits [num_seqs, vocab] (model dtype) of a decode batch filled in as ``bucket`` rows, the
-        longest context ``max_context_len`` tokens: by replaying the bucket's graph for that context,
-        or eagerly when it has none. Padding rows are dropped. Also whether the greedy argmax is
-        already in the decode token buffer."""
-        defer = self.defer_merge(bucket, max_context_len)
-        graph = (self.deferred_graphs if defer else self.graphs).get(bucket)
+    def run_bucket(self, bucket: int, num_seqs: int) -> tuple[torch.Tensor, bool]:
+        """Logits [num_seqs, vocab] (model dtype) of a decode batch filled in as ``bucket`` rows:
+        by replaying the bucket's graph, or eagerly when it has none. Padding rows are dropped.
+        Also whether the greedy argmax is already in the decode token buffer."""
+        graph = self.graphs.get(bucket)
         if graph is None:
-            return self.forward(bucket, defer_merge=defer)[:num_seqs], False
+            return self.forward(bucket)[:num_seqs], False
         graph.replay()
         return self.logits[:num_seqs], bucket in self.argmax_buckets
 
@@ -158,20 +140,12 @@ class DecodeGraphs:
                 # Warm-up outside the capture: Triton compiles this bucket's kernels, cuBLAS
                 # sets up its handle and workspace.
                 argmax = b <= MAX_ARGMAX_IN_GRAPH
-                # A second graph where short contexts leave the merge to the o projection.
-                for defer, graphs in ((False, self.graphs), (True, self.deferred_graphs)):
-                    if defer and not defer_merge_pays(b, self.num_splits[b], 1):
-                        continue
-                    self.forward(b, out=self.logits[:b], argmax=argmax, defer_merge=defer)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=pool):
-                        self.forward(b, out=self.logits[:b], argmax=argmax, defer_merge=defer)
-                    graphs[b] = graph
+                self.forward(b, out=self.logits[:b], argmax=argmax)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, pool=pool):
+                    self.forward(b, out=self.logits[:b], argmax=argmax)
+                self.graphs[b] = graph
                 if argmax:
                     self.argmax_buckets.add(b)
-            # A graph is uploaded to the device at its first launch; do that now (on the padding
-            # inputs: nothing is written to the cache) rather than inside a bucket's first real step.
-            for graph in (*self.graphs.values(), *self.deferred_graphs.values()):
-                graph.replay()
             torch.cuda.synchronize()
         self.buckets = buckets

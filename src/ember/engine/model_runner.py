@@ -69,8 +69,8 @@ class ModelRunner:
         """Logits [len(seqs), vocab] (model dtype) of a decode batch run as ``bucket`` rows: by replaying
         the bucket's graph, or eagerly when it has none. Padding rows' logits are dropped. Also
         whether the graph already wrote the greedy tokens."""
-        max_context_len = self.inputs.prepare_decode(seqs, num_rows=bucket)
-        return self.cuda_graphs.run_bucket(bucket, len(seqs), max_context_len)
+        self.inputs.prepare_decode(seqs, num_rows=bucket)
+        return self.cuda_graphs.run_bucket(bucket, len(seqs))
 
     def decode_logits(self, seqs: list[Sequence]) -> tuple[torch.Tensor, bool]:
         """Logits [len(seqs), vocab] (model dtype) for one decode token per sequence, and whether
@@ -78,9 +78,8 @@ class ModelRunner:
         bucket = pick_bucket(self.cuda_graphs.buckets, len(seqs))
         if bucket is not None:
             return self._run_decode_padded(seqs, bucket)
-        max_context_len = self.inputs.prepare_decode(seqs)  # no buckets (CPU, enforce_eager) or past the largest one
-        graphs = self.cuda_graphs
-        return graphs.forward(len(seqs), defer_merge=graphs.defer_merge(len(seqs), max_context_len)), False
+        self.inputs.prepare_decode(seqs)  # no buckets (CPU, enforce_eager) or past the largest one
+        return self.cuda_graphs.forward(len(seqs)), False
 
     # ----- one step --------------------------------------------------------------------------
     @torch.inference_mode()

@@ -130,9 +130,8 @@ class StepInputs:
         self._fill_pending(input_ids, self.pending.sources(seqs, last_rows))
         return input_ids, self.to_device(positions, torch.int64), meta, last_rows
 
-    def prepare_decode(self, seqs: list[Sequence], num_rows: int | None = None) -> int:
-        """Fill the first ``num_rows`` (default: one per sequence) rows of the decode buffers; returns
-        the longest context length among them.
+    def prepare_decode(self, seqs: list[Sequence], num_rows: int | None = None) -> None:
+        """Fill the first ``num_rows`` (default: one per sequence) rows of the decode buffers.
 
         Rows past the sequences are padding: position 0 with context length 0 and slot -1, so
         they write no K/V and attend to nothing (the kernels return zeros); their token is any
@@ -161,7 +160,6 @@ class StepInputs:
             dev.raw[: host.header_bytes].copy_(host.raw[: host.header_bytes], non_blocking=True)
             dev.block_tables[:b, :width].copy_(host.block_tables[:b, :width], non_blocking=True)
         self._decode_input_ids(seqs, n)
-        return int(lens.max()) if b else 0
 
     def _decode_input_ids(self, seqs: list[Sequence], n: int) -> None:
         b, ids = len(seqs), self.decode_input_ids

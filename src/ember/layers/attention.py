@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ember import ops
-from ember.ops.decode_attention import DecodePartials, norm_rope_decode_attention
+from ember.ops.decode_attention import norm_rope_decode_attention
 
 
 @dataclass
@@ -28,8 +28,6 @@ class AttentionMetadata:
     preallocated ``decode_workspace``, zeroed int32 ``decode_counters`` and their
     ``decode_num_splits`` (see ``ops.decode_attention.decode_workspace_numel`` and
     ``decode_counters_numel``) so that a captured step allocates nothing.
-    ``decode_defer_merge``: the attention hands its unmerged split partials to the o projection,
-    which merges them itself (``ops.decode_attention.defer_merge_pays`` says when that pays).
     """
 
     is_prefill: bool
@@ -41,7 +39,6 @@ class AttentionMetadata:
     decode_workspace: torch.Tensor | None = None
     decode_num_splits: int | None = None
     decode_counters: torch.Tensor | None = None
-    decode_defer_merge: bool = False
 
     def to(self, device: torch.device) -> "AttentionMetadata":
         """The same metadata on another device (for layers placed on another GPU)."""
@@ -56,7 +53,6 @@ class AttentionMetadata:
             None,  # a workspace serves one device; on the next, the op allocates its own per call
             self.decode_num_splits,
             None,  # the counters likewise
-            self.decode_defer_merge,
         )
 
 
@@ -87,9 +83,7 @@ class PagedAttention(nn.Module):
         cos_sin: torch.Tensor,
         positions: torch.Tensor,
         meta: AttentionMetadata,
-    ) -> "torch.Tensor | DecodePartials":
-        """The attention output [tokens, heads * head_dim]; at decode with ``meta.decode_defer_merge``
-        possibly its unmerged partials, for the o projection to merge (``ops.linear_add``)."""
+    ) -> torch.Tensor:
         tokens = q.shape[0]
         q = q.view(tokens, self.num_heads, self.head_dim)
         k = k.view(tokens, self.num_kv_heads, self.head_dim)
@@ -109,8 +103,6 @@ class PagedAttention(nn.Module):
                 self.k_cache, self.v_cache, meta.slot_mapping, self.eps,
                 meta.block_tables, meta.context_lens, self.scale,
                 workspace=meta.decode_workspace, num_splits=meta.decode_num_splits,
-                counters=meta.decode_counters, defer_merge=meta.decode_defer_merge,
+                counters=meta.decode_counters,
             )
-            if isinstance(out, DecodePartials):
-                return out  # its ``out`` is [tokens, heads * head_dim] already
         return out.reshape(tokens, self.num_heads * self.head_dim)

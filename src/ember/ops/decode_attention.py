@@ -22,7 +22,6 @@ split argmax: -2.2 us per layer at 8B, -1.2 us at 0.6B.)
 """
 
 import math
-from typing import NamedTuple
 
 import torch
 import triton
@@ -82,60 +81,6 @@ def decode_counters_numel(batch_size: int, num_kv_heads: int) -> int:
     """int32 elements of the decode arrival counters (one per sequence and kv head). Allocate them
     zeroed, once: every launch with num_splits > 1 leaves them all zero again."""
     return batch_size * num_kv_heads
-
-
-# ---------------------------------------------------------------- the merge in the o projection
-# At batch 1-2 the merge launch sits on the critical path of every layer: split end -> merge ->
-# o projection (~3.3 us per layer at 8B on an H200, session 7's timeline); with few splits the
-# last-arriving split merges instead, after an atomic and a dependent L2 round trip (session 8:
-# slower than the launch at 128-512 tokens). With ``defer_merge`` (either mode) the
-# split kernel's partials go straight to the o projection, whose programs each merge the heads of
-# their own K range in their prologue (ops/skinny_gemm.py, MERGE_X) and write them where the merge
-# kernel would have: no merge launch. Each column block repeats the merge of its K range, so this
-# pays only while every sequence has few partials: the engine defers only when each has at most
-# PROJECTION_MERGE_MAX_SPLITS (short contexts; DecodeGraphs keeps a graph for each case). With more
-# the projection still merges correctly, one chunk of splits after another, only slower.
-PROJECTION_MERGE_MAX_SPLITS = 8
-PROJECTION_MERGE_MAX_ROWS = 2  # the skinny kernel's fused ops run at batch 1-2 (ops/skinny_table.py)
-
-
-def decode_valid_splits(context_len: int, num_splits: int, min_tokens_per_split: int | None = None) -> int:
-    """How many of a sequence's splits hold keys (store a partial): _tokens_per_split on the host."""
-    min_tokens = DECODE_MIN_TOKENS_PER_SPLIT if min_tokens_per_split is None else min_tokens_per_split
-    per_split = max(-(-(-(-context_len // num_splits)) // DECODE_BLOCK_N) * DECODE_BLOCK_N, min_tokens)
-    return -(-context_len // per_split)
-
-
-def defer_merge_pays(num_rows: int, num_splits: int, max_context_len: int) -> bool:
-    """Whether a decode step of ``num_rows`` sequences, the longest ``max_context_len`` tokens, should
-    leave its attention merge to the o projection (``defer_merge``)."""
-    return (num_rows <= PROJECTION_MERGE_MAX_ROWS and num_splits > 1
-            and decode_valid_splits(max_context_len, num_splits) <= PROJECTION_MERGE_MAX_SPLITS)
-
-
-class DecodePartials(NamedTuple):
-    """A decode attention output not merged yet (``defer_merge``): the split kernel's partials. The
-    consumer either merges them in its own kernel (``ops.linear_add``'s MERGE_X) or calls
-    ``merge()``, the merge launch it skipped; either way the output lands in ``out``."""
-
-    out: Tensor  # [B, Hq * D], contiguous: where the merged output goes
-    partial_acc: Tensor  # fp32 [B * Hq * num_splits * D]
-    partial_stats: Tensor  # fp32 [B * Hq * num_splits * 2]: (max, sum) per partial
-    context_lens: Tensor  # int32 [B]
-    num_splits: int
-    min_tokens_per_split: int
-    num_q_heads: int
-    head_dim: int
-
-    def merge(self) -> Tensor:
-        _launch_merge(self.out, self.partial_acc, self.partial_stats, self.context_lens, self.min_tokens_per_split,
-                      self.num_q_heads, self.head_dim, self.num_splits)
-        return self.out
-
-
-def merged(x: "Tensor | DecodePartials") -> Tensor:
-    """``x`` itself, or a deferred attention output merged."""
-    return x.merge() if isinstance(x, DecodePartials) else x
 
 
 # ---------------------------------------------------------------- decode (split-K)
@@ -394,16 +339,15 @@ def _decode_merge_kernel(out_ptr, partial_acc_ptr, partial_stats_ptr, context_le
 def paged_decode_attention_triton(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
     *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
-    min_tokens_per_split: int | None = None, merge: str | None = None, defer_merge: bool = False,
-) -> "Tensor | DecodePartials":
+    min_tokens_per_split: int | None = None, merge: str | None = None,
+) -> Tensor:
     """Split-K decode. With num_splits > 1 it needs ``workspace`` (fp32, see
     decode_workspace_numel; contents irrelevant) and ``counters`` (int32, see decode_counters_numel;
     all zero on entry, and left all zero); either one left out is allocated per call.
     ``min_tokens_per_split`` and ``merge`` override DECODE_MIN_TOKENS_PER_SPLIT and
-    decode_merge_mode (for the tuning sweep). ``defer_merge``: with several splits, return the
-    unmerged ``DecodePartials`` instead of merging them."""
+    decode_merge_mode (for the tuning sweep)."""
     return _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, None, workspace, num_splits,
-                             counters, min_tokens_per_split, merge, defer_merge)
+                             counters, min_tokens_per_split, merge)
 
 
 def norm_rope_decode_attention_triton(
@@ -411,11 +355,10 @@ def norm_rope_decode_attention_triton(
     positions: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor, eps: float,
     block_tables: Tensor, context_lens: Tensor, scale: float,
     *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
-    min_tokens_per_split: int | None = None, merge: str | None = None, defer_merge: bool = False,
-) -> "Tensor | DecodePartials":
+    min_tokens_per_split: int | None = None, merge: str | None = None,
+) -> Tensor:
     """``qk_norm_rope_store_kv_triton`` then ``paged_decode_attention_triton`` in one launch (two in
-    merge mode "launch"; with ``defer_merge`` one, and the ``DecodePartials``): see
-    norm_rope_decode_attention. Scratch and overrides as there."""
+    merge mode "launch"): see norm_rope_decode_attention. Scratch and overrides as there."""
     num_kv_heads = k_cache.shape[2]
     assert k.shape == v.shape == (q.shape[0], num_kv_heads, q.shape[2]), (q.shape, k.shape, v.shape)
     assert k.stride(2) == v.stride(2) == 1, "head_dim must be contiguous"
@@ -426,15 +369,13 @@ def norm_rope_decode_attention_triton(
     norm_rope = (k, v, q_norm_weight.contiguous(), k_norm_weight.contiguous(), cos_sin, positions.contiguous(),
                  slot_mapping.contiguous(), eps)
     return _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, norm_rope, workspace, num_splits,
-                             counters, min_tokens_per_split, merge, defer_merge)
+                             counters, min_tokens_per_split, merge)
 
 
 def _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, norm_rope, workspace, num_splits,
-                      counters, min_tokens_per_split, merge, defer_merge=False) -> "Tensor | DecodePartials":
+                      counters, min_tokens_per_split, merge) -> Tensor:
     """The launches of both ops; ``norm_rope`` = (k, v, q_norm_weight, k_norm_weight, cos_sin, positions,
-    slot_mapping, eps) for the fused one, else None. ``defer_merge``: with several splits,
-    merge nothing (neither in the split kernel nor by a launch) and return the ``DecodePartials``
-    (see PROJECTION_MERGE_MAX_SPLITS)."""
+    slot_mapping, eps) for the fused one, else None."""
     group, block_size, head_dim, upcast_dot = check_inputs(q, k_cache, v_cache, block_tables)
     batch_size, num_q_heads, _ = q.shape
     num_kv_heads = k_cache.shape[2]
@@ -465,14 +406,15 @@ def _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, no
     assert min_tokens > 0 and min_tokens % DECODE_BLOCK_N == 0, "min_tokens_per_split: whole key tiles"
     merge = decode_merge_mode(num_splits) if merge is None else merge
     assert merge in ("kernel", "launch"), merge
-    merge_in_kernel = merge == "kernel" and not defer_merge
+    merge_in_kernel = merge == "kernel"
     # Loads before the PDL wait pay where a split is a short latency-bound chain (many splits: the
     # small batches). With few splits (batch >= 16 on 8 KV heads) a split streams many tiles and
     # holding a tile across the wait cost 2-19% there (H200: 8B batch 32 at 8,192 tokens, 13.5 ->
     # 16.1 ms per step), so those wait first and pipeline every tile.
     preload = norm_rope is not None and num_splits >= DECODE_PRELOAD_MIN_SPLITS
     block_g = triton.next_power_of_2(group) if merge_in_kernel else 1
-    merge_chunk = _merge_chunk_splits(num_splits, block_g, head_dim)
+    per_step = max(1, DECODE_MERGE_ELEMS // (block_g * head_dim))  # splits merged per step: a power of two
+    merge_chunk = min(triton.next_power_of_2(num_splits), 1 << (per_step.bit_length() - 1))
     use_pdl = pdl_enabled(q.device)
     qk_scale = scale * math.log2(math.e)
     options = {}
@@ -503,29 +445,12 @@ def _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, no
         BLOCK_G=block_g, MERGE_CHUNK=merge_chunk, MERGE_IN_KERNEL=merge_in_kernel, UPCAST_DOT=upcast_dot,
         USE_PDL=use_pdl, NORM_ROPE=norm_rope is not None, PRELOAD=preload, num_warps=DECODE_NUM_WARPS,
         num_stages=DECODE_NUM_STAGES, launch_pdl=use_pdl, **options)
-    if num_splits > 1 and not merge_in_kernel:  # (never merged in the kernel when deferred)
-        partials = DecodePartials(out.view(batch_size, num_q_heads * head_dim), partial_acc, partial_stats,
-                                  context_lens, num_splits, min_tokens, num_q_heads, head_dim)
-        if defer_merge:
-            return partials
-        partials.merge()
+    if num_splits > 1 and not merge_in_kernel:
+        _decode_merge_kernel[(batch_size, num_q_heads)](
+            out, partial_acc, partial_stats, context_lens, min_tokens,
+            NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits,
+            MERGE_CHUNK=merge_chunk, USE_PDL=use_pdl, num_warps=DECODE_NUM_WARPS, launch_pdl=use_pdl)
     return out
-
-
-def _merge_chunk_splits(num_splits: int, block_g: int, head_dim: int) -> int:
-    """Splits the merge loads per step: a power of two, DECODE_MERGE_ELEMS elements of all heads."""
-    per_step = max(1, DECODE_MERGE_ELEMS // (block_g * head_dim))
-    return min(triton.next_power_of_2(num_splits), 1 << (per_step.bit_length() - 1))
-
-
-def _launch_merge(out, partial_acc, partial_stats, context_lens, min_tokens, num_q_heads, head_dim, num_splits):
-    """Merge mode "launch": one program per (sequence, query head)."""
-    use_pdl = pdl_enabled(out.device)
-    _decode_merge_kernel[(context_lens.shape[0], num_q_heads)](
-        out, partial_acc, partial_stats, context_lens, min_tokens,
-        NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, BLOCK_N=DECODE_BLOCK_N, NUM_SPLITS=num_splits,
-        MERGE_CHUNK=_merge_chunk_splits(num_splits, 1, head_dim), USE_PDL=use_pdl, num_warps=DECODE_NUM_WARPS,
-        launch_pdl=use_pdl)
 
 
 # ---------------------------------------------------------------- reference and dispatch
@@ -567,19 +492,13 @@ def norm_rope_decode_attention(
     positions: Tensor, k_cache: Tensor, v_cache: Tensor, slot_mapping: Tensor, eps: float,
     block_tables: Tensor, context_lens: Tensor, scale: float,
     *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
-    defer_merge: bool = False,
-) -> "Tensor | DecodePartials":
+) -> Tensor:
     """``qk_norm_rope_store_kv`` then ``paged_decode_attention``, for decode (one new token per
     sequence, at position context_lens - 1): q/k/v are the raw [B, Hq, D], [B, Hkv, D], [B, Hkv, D]
     (strided views, head_dim contiguous); the new token's normed+roped k and v go to the cache at
     ``slot_mapping`` (slot < 0: not written) and the attention output [B, Hq, D] comes back.
     The kernel path saves the rope launch and rounds as the two kernels do (see the module
     docstring for the last-bit differences once compiled)."""
-    if not use_triton(q):  # one pass, nothing to defer
-        return norm_rope_decode_attention_reference(q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions,
-                                                    k_cache, v_cache, slot_mapping, eps, block_tables, context_lens,
-                                                    scale)
-    return norm_rope_decode_attention_triton(q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions, k_cache,
-                                             v_cache, slot_mapping, eps, block_tables, context_lens, scale,
-                                             workspace=workspace, num_splits=num_splits, counters=counters,
-                                             defer_merge=defer_merge)
+    impl = norm_rope_decode_attention_triton if use_triton(q) else norm_rope_decode_attention_reference
+    return impl(q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions, k_cache, v_cache, slot_mapping, eps,
+                block_tables, context_lens, scale, workspace=workspace, num_splits=num_splits, counters=counters)

@@ -30,7 +30,6 @@ import torch
 import torch.nn.functional as F
 
 from ember.ops.activation import silu_mul, silu_mul_reference
-from ember.ops.decode_attention import DecodePartials, merged
 from ember.ops.dispatch import use_triton
 from ember.ops.norm import add_rms_norm, add_rms_norm_reference, rms_norm, rms_norm_reference
 from ember.ops.skinny_gemm import (  # noqa: F401 -- the tuning names are re-exported for tests and sweeps
@@ -41,10 +40,8 @@ from ember.ops.skinny_gemm import (  # noqa: F401 -- the tuning names are re-exp
     SKINNY_TABLE,
     SkinnyConfig,
     _heuristic_config,
-    _k_per_split,
     _launch,
     _workspaces,
-    merge_x_fits,
     skinny_config,
 )
 
@@ -86,9 +83,7 @@ def linear_triton(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x W^T + b: the skinny kernel at decode where the table (or the heuristic) says so, else cuBLAS.
-    A deferred attention output (``DecodePartials``) is merged first."""
-    x = merged(x)
+    """x W^T + b: the skinny kernel at decode where the table (or the heuristic) says so, else cuBLAS."""
     config = _config(x, weight, bias, "linear")
     return F.linear(x, weight, bias) if config is None else _launch(x, weight, bias, config)
 
@@ -124,25 +119,16 @@ def linear_add_triton(x: torch.Tensor, weight: torch.Tensor, residual: torch.Ten
     return ResidualStream(hidden, None, row_stats)
 
 
-def linear_add(x: "torch.Tensor | DecodePartials", weight: torch.Tensor, residual: torch.Tensor) -> ResidualStream:
+def linear_add(x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor) -> ResidualStream:
     """The residual stream after a projection: ``x W^T + residual``. Summed in the GEMM's epilogue,
     with row statistics, where the kernel runs; elsewhere ``(x W^T, residual)``, the add left to
-    the next norm, which does it in the same kernel (no launch of its own either way).
-
-    ``x`` may be a decode attention output whose merge was deferred (``DecodePartials``): where the
-    kernel runs with whole heads per program, it merges them itself (MERGE_X), else they are merged
-    by the merge launch first."""
-    partials = x if isinstance(x, DecodePartials) else None
-    x = x.out if partials is not None else x
+    the next norm, which does it in the same kernel (no launch of its own either way)."""
     if not use_triton(x):
-        return linear_add_reference(merged(partials) if partials is not None else x, weight, residual)
+        return linear_add_reference(x, weight, residual)
     config = _config(x, weight, None, "linear_add")
     if config is None or residual.shape != (x.shape[0], weight.shape[0]) or residual.dtype != x.dtype:
-        return ResidualStream(linear(partials if partials is not None else x, weight), residual)
-    if partials is not None and not merge_x_fits(x.shape[0], x.shape[1], _k_per_split(x.shape[1], config), partials):
-        partials.merge()  # the merge launch into x, then the plain kernel
-        partials = None
-    hidden, row_stats = _launch(x, weight, None, config, residual=residual.contiguous(), merge=partials)
+        return ResidualStream(linear(x, weight), residual)
+    hidden, row_stats = _launch(x, weight, None, config, residual=residual.contiguous())
     return ResidualStream(hidden, None, row_stats)
 
 

@@ -19,10 +19,7 @@ rms_norm(x) W^T = rstd * (x W'^T): the K loop is the plain product, and each row
 its producer's row statistics, scales the accumulator in the epilogue), and in the epilogue
 GATE_SILU (silu(gate) * up: each program owns the same columns of both halves of W = [gate; up])
 and ADD (the residual add, then each row's sum of squares over the block's columns, stored for
-the next NORM). And before the K loop MERGE_X: x is a decode attention output whose split partials
-were not merged (``ops.decode_attention.DecodePartials``); each program merges the heads of its K
-range into x itself, so the o projection follows the attention's split kernel with no merge launch
-in between.
+the next NORM).
 
 Tuning lives in ``skinny_config`` only: the table that benchmarks/gemv_sweep.py prints, and a
 shape heuristic for what the table lacks.
@@ -36,14 +33,6 @@ import torch
 import triton
 import triton.language as tl
 
-from ember.ops.decode_attention import (
-    DECODE_BLOCK_N,
-    PROJECTION_MERGE_MAX_ROWS,
-    PROJECTION_MERGE_MAX_SPLITS,
-    DecodePartials,
-    _merge_splits,
-    _tokens_per_split,
-)
 from ember.ops.dispatch import l2_prefetch, pdl_enabled, pdl_sync
 from ember.ops.skinny_table import SKINNY_TABLE
 
@@ -157,78 +146,16 @@ def _epilogue(acc, acc_up, rstd, out_ptr, bias_ptr, res_ptr, stats_ptr, pid_n, o
     tl.store(out_ptr + offs, y, mask=mask)
 
 
-_ATTN_BLOCK_N = tl.constexpr(DECODE_BLOCK_N)  # a jit function reads only constexpr globals
-
-
-@triton.jit
-def _merge_split_into(m_i, l_i, acc, partial_acc_ptr, partial_stats_ptr, partial, offs_d, valid,
-                      HEAD_DIM: tl.constexpr):
-    """One split's partial folded into the running (max, sum, acc) of every (head, d) position:
-    elementwise, so no cross-thread reduction (and no barrier) between one split and the next."""
-    m = tl.load(partial_stats_ptr + partial * 2, mask=valid, other=-1.0e30, cache_modifier=".cg")
-    l = tl.load(partial_stats_ptr + partial * 2 + 1, mask=valid, other=0.0, cache_modifier=".cg")
-    part = tl.load(partial_acc_ptr + partial * HEAD_DIM + offs_d, mask=valid, other=0.0, cache_modifier=".cg")
-    m_new = tl.maximum(m_i, m)
-    alpha = tl.exp2(m_i - m_new)
-    weight = tl.where(valid, tl.exp2(m - m_new), 0.0)
-    return m_new, l_i * alpha + weight * l, acc * alpha + weight * part
-
-
-@triton.jit
-def _merge_attention_x(x_ptr, partial_acc_ptr, partial_stats_ptr, context_lens_ptr, min_tokens_per_split, M,
-                       k_start, NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr, PARTIAL_SPLITS: tl.constexpr,
-                       ROWS: tl.constexpr, COLS: tl.constexpr, SPLITS: tl.constexpr):
-    """MERGE_X: x[:M, k_start : k_start + COLS], the attention output of the heads of this K range,
-    merged from the split partials into x (row stride NUM_Q_HEADS * HEAD_DIM); then a CTA barrier,
-    so the K loop's loads of x see every thread's stores. Programs with the same K range store the
-    same values, bit for bit, to the same places.
-
-    Each thread owns some (head, d) positions and folds the splits into them one after another
-    (online rescaling, as the key tiles): no reduction across threads, so with at most SPLITS
-    partials per row (the engine's case) the unrolled splits' loads are independent of one another
-    and can all be in flight together. (Session 10's first form reduced chunks of splits across
-    threads: a barrier and a dependent L2 round trip per chunk, 8 per program, cost ~7 us per
-    layer at 8B.) With more partials a loop does the same, one split after another."""
-    rows = tl.arange(0, ROWS)
-    ctx_len = tl.load(context_lens_ptr + rows, mask=rows < M, other=0)
-    num_valid = tl.cdiv(ctx_len, _tokens_per_split(ctx_len, min_tokens_per_split, PARTIAL_SPLITS, _ATTN_BLOCK_N))
-    few = tl.max(num_valid, 0) <= SPLITS
-    cols = tl.arange(0, COLS)
-    offs_d = cols % HEAD_DIM
-    for r in tl.static_range(ROWS):
-        if r < M:
-            n = tl.sum(tl.where(rows == r, num_valid, 0), 0)
-            first_partial = ((r * NUM_Q_HEADS + (k_start + cols) // HEAD_DIM) * PARTIAL_SPLITS).to(tl.int64)
-            m_i = tl.full([COLS], -1.0e30, dtype=tl.float32)
-            l_i = tl.zeros([COLS], dtype=tl.float32)
-            acc = tl.zeros([COLS], dtype=tl.float32)
-            if few:
-                for split in tl.static_range(SPLITS):
-                    m_i, l_i, acc = _merge_split_into(m_i, l_i, acc, partial_acc_ptr, partial_stats_ptr,
-                                                      first_partial + split, offs_d, split < n, HEAD_DIM)
-            else:
-                for split in range(n):
-                    m_i, l_i, acc = _merge_split_into(m_i, l_i, acc, partial_acc_ptr, partial_stats_ptr,
-                                                      first_partial + split, offs_d, split < n, HEAD_DIM)
-            out = acc / tl.where(l_i > 0, l_i, 1.0)  # context_len 0: no partial, zeros
-            tl.store(x_ptr + r * (NUM_Q_HEADS * HEAD_DIM) + k_start + cols, out.to(x_ptr.dtype.element_ty))
-    tl.debug_barrier()
-
-
 @triton.jit(do_not_specialize=["M"])
 def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, stats_in_ptr, res_ptr,
                    stats_out_ptr, eps, M, N, K, k_per_split, num_stat_blocks, w_up_offset,
                    stride_xm, stride_wn, stride_om,
-                   partial_acc_ptr, partial_stats_ptr, context_lens_ptr, min_tokens_per_split,
                    HAS_BIAS: tl.constexpr, NORM: tl.constexpr, ADD: tl.constexpr, GATE_SILU: tl.constexpr,
                    DOT: tl.constexpr, X_LEFT: tl.constexpr, UPCAST_DOT: tl.constexpr, EVEN_K: tl.constexpr,
                    SPLIT_K: tl.constexpr,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
                    NORM_ROWS: tl.constexpr, STAT_CHUNK: tl.constexpr, STATS_HELD: tl.constexpr,
-                   USE_PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr,
-                   MERGE_X: tl.constexpr, NUM_Q_HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                   PARTIAL_SPLITS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_COLS: tl.constexpr,
-                   MERGE_SPLITS: tl.constexpr):
+                   USE_PDL: tl.constexpr, PREFETCH_LINES: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -268,9 +195,6 @@ def _skinny_kernel(x_ptr, w_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, stats_i
                 blocks = b + tl.arange(0, STAT_CHUNK)
                 sum_sq += tl.load(stats_in_ptr + blocks[:, None] * M + rows_n[None, :],
                                   mask=(blocks < num_stat_blocks)[:, None] & (rows_n < M)[None, :], other=0.0)
-    if MERGE_X:  # after the wait: the split kernel before this one wrote the partials
-        _merge_attention_x(x_ptr, partial_acc_ptr, partial_stats_ptr, context_lens_ptr, min_tokens_per_split, M,
-                           k_start, NUM_Q_HEADS, HEAD_DIM, PARTIAL_SPLITS, MERGE_ROWS, MERGE_COLS, MERGE_SPLITS)
     if DOT:
         if X_LEFT:
             acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -354,30 +278,10 @@ def _split_k_workspace(device: torch.device, floats: int, counters: int):
     return _workspaces[device]
 
 
-_MERGE_MAX_COLS = 4096  # MERGE_X's columns per program (a power of two): 32 per thread at 4 warps
-
-
-def merge_x_fits(m: int, k: int, k_per_split: int, partials: DecodePartials) -> bool:
-    """Whether MERGE_X can take ``partials`` as the x [m, k] of a launch whose programs span
-    ``k_per_split`` columns: whole heads per program, and few rows (the merge is unrolled per row)."""
-    return (m <= PROJECTION_MERGE_MAX_ROWS and k == partials.num_q_heads * partials.head_dim
-            and k % k_per_split == 0 and k_per_split % partials.head_dim == 0
-            and k_per_split & (k_per_split - 1) == 0 and k_per_split <= _MERGE_MAX_COLS)
-
-
-def _k_per_split(k: int, config: SkinnyConfig) -> int:
-    return triton.cdiv(triton.cdiv(k, config.split_k), config.block_k) * config.block_k
-
-
-def _launch(x, weight, bias, config: SkinnyConfig, *, norm=None, residual=None, gate_silu=False,
-            merge: DecodePartials | None = None):
+def _launch(x, weight, bias, config: SkinnyConfig, *, norm=None, residual=None, gate_silu=False):
     """One skinny-GEMM launch. ``norm`` = (eps, row_stats): NORM, for a W that holds the norm's
     weight (see the module docstring). ``residual``: the ADD epilogue, and the result is (out, row_stats). ``gate_silu``: W is
-    [gate; up] and out = silu(x W_gate^T) * (x W_up^T). ``merge``: MERGE_X, x is ``merge.out``, which the
-    kernel fills from the partials first (the caller checked ``merge_x_fits``)."""
-    if merge is not None:
-        x = merge.out
-        assert x.is_contiguous() and x.dtype == weight.dtype
+    [gate; up] and out = silu(x W_gate^T) * (x W_up^T)."""
     m, k = x.shape
     assert x.stride(1) == 1 and weight.stride(1) == 1 and weight.shape[1] == k > 0
     assert m <= _MAX_BLOCK_M, f"skinny GEMM is for at most {_MAX_BLOCK_M} rows, got {m}"
@@ -400,7 +304,7 @@ def _launch(x, weight, bias, config: SkinnyConfig, *, norm=None, residual=None, 
         assert stats_in.dtype == torch.float32 and stats_in.dim() == 2 and stats_in.shape[1] == m
         assert stats_in.is_contiguous()
     block_m = max(16, triton.next_power_of_2(m)) if cfg.dot else triton.next_power_of_2(m)
-    k_per_split = _k_per_split(k, cfg)
+    k_per_split = triton.cdiv(triton.cdiv(k, cfg.split_k), cfg.block_k) * cfg.block_k
     split_k = triton.cdiv(k, k_per_split)  # rounding K up to blocks can leave trailing splits empty
     ws = counters = out  # placeholders, unread unless split
     if split_k > 1:
@@ -422,25 +326,14 @@ def _launch(x, weight, bias, config: SkinnyConfig, *, norm=None, residual=None, 
     num_stat_blocks = stats_in.shape[0] if norm is not None else 1
     stats_held = triton.next_power_of_2(num_stat_blocks) * norm_rows <= _MAX_STAT_FLOATS
     stat_chunk = triton.next_power_of_2(num_stat_blocks) if stats_held else max(1, _MAX_STAT_FLOATS // norm_rows)
-    if merge is None:
-        partial_acc = partial_stats = out  # never read
-        context_lens, min_tokens, num_q_heads, head_dim, partial_splits, merge_cols = out, 0, 1, 1, 1, 1
-    else:
-        assert merge_x_fits(m, k, k_per_split, merge), "MERGE_X: whole heads per program, at most 2 rows"
-        partial_acc, partial_stats, context_lens = merge.partial_acc, merge.partial_stats, merge.context_lens
-        min_tokens, num_q_heads, head_dim = merge.min_tokens_per_split, merge.num_q_heads, merge.head_dim
-        partial_splits, merge_cols = merge.num_splits, k_per_split
     _skinny_kernel[(num_blocks, split_k)](
         x, weight, out if bias is None else bias, out, ws, counters, stats_in,
         out if residual is None else residual, out if stats_out is None else stats_out, eps,
         m, n, k, k_per_split, num_stat_blocks, n * weight.stride(0), x.stride(0), weight.stride(0), out.stride(0),
-        partial_acc, partial_stats, context_lens, min_tokens,
         HAS_BIAS=bias is not None, NORM=norm is not None, ADD=residual is not None, GATE_SILU=gate_silu,
         DOT=cfg.dot, X_LEFT=cfg.dot and cfg.x_left, UPCAST_DOT=not x.is_cuda, EVEN_K=k_per_split % cfg.block_k == 0 and k % k_per_split == 0,
         SPLIT_K=split_k, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=cfg.block_k, NORM_ROWS=norm_rows,
         STAT_CHUNK=stat_chunk, STATS_HELD=stats_held, USE_PDL=use_pdl, PREFETCH_LINES=prefetch_lines if use_pdl else 1,
-        MERGE_X=merge is not None, NUM_Q_HEADS=num_q_heads, HEAD_DIM=head_dim, PARTIAL_SPLITS=partial_splits,
-        MERGE_ROWS=norm_rows, MERGE_COLS=merge_cols, MERGE_SPLITS=PROJECTION_MERGE_MAX_SPLITS,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, launch_pdl=use_pdl,
         enable_fp_fusion=False,  # as every Ember kernel: products round on their own
     )
