@@ -5,6 +5,7 @@ are all freed, and an abort while a token is in flight loses nothing else."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from ember import LLM, SamplingParams
 from ember.engine.sequence import PENDING_TOKEN
@@ -123,3 +124,25 @@ def test_warm_up_leaves_no_trace(tiny_checkpoint):
     assert stats["kv_blocks_used"] == stats["prefix_cache_queries"] == stats["num_preemptions"] == 0
     assert not warm.engine.block_manager.cached_blocks
     assert [o.outputs[0].token_ids for o in warm.generate(prompts, params, use_tqdm=False)] == want
+
+
+def test_warm_up_moves_rows_past_and_within_16(tiny_checkpoint, monkeypatch):
+    """The warm-up makes sequences leave a running batch, so that decode steps gather the survivors'
+    pending tokens into new rows, once with more than 16 indices and once with at most 16: on CUDA
+    each kernel on that path is then loaded at start-up, not inside a step (lazy module loading)."""
+    llm = make_llm(tiny_checkpoint, async_scheduling=True, max_num_seqs=64, max_model_len=512,
+                   max_num_batched_tokens=2048)
+    gathers = []
+    index_select = torch.Tensor.index_select
+
+    def spy(self, dim, index, *args, **kwargs):
+        pending = llm.engine.runner.pending.tokens
+        if pending is not None and self.data_ptr() == pending.data_ptr():
+            gathers.append(index.numel())
+        return index_select(self, dim, index, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "index_select", spy)
+    llm.engine.warm_up()
+    assert any(n > 16 for n in gathers) and any(n <= 16 for n in gathers), gathers
+    stats = llm.engine.stats()
+    assert stats["kv_blocks_used"] == stats["num_preemptions"] == 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -149,15 +149,30 @@ class LLMEngine:
                  SamplingParams(temperature=0.7, top_k=20, top_p=0.9, max_tokens=3, ignore_eos=True, seed=0)]
         preemptions = self.scheduler.num_preemptions
         for n in (1, 2, 3, 5, 16):
-            lengths = [max(1, min(1 + 7 * i, self.max_model_len - 4)) for i in range(n)]
-            seqs = [self.add_request([(97 * i + 13 * j) % (vocab - 1) + 1 for j in range(length)], kinds[i % 3])
-                    for i, length in enumerate(lengths)]
-            while self.has_unfinished():
-                self.step()
-            for s in seqs:
-                self.abort(s)
+            self._warm_up_batch([kinds[i % 3] for i in range(n)], vocab)
+        # Rows leaving a running batch, which the runs above never do: the next decode step gathers
+        # the survivors' pending tokens into their new rows. CUDA loads a kernel's module at its
+        # first launch (lazy loading, its default), and in the offline benchmark the first step
+        # after the first sequence finished took 30 ms (255 rows) and the first at 16 rows 54 ms,
+        # against 3-7; with CUDA_MODULE_LOADING=EAGER neither stood out (H200, session 10). Which
+        # kernels load there is not pinned down (torch's index_select has a separate kernel for
+        # <= 16 indices), so rows leave here once with more than 16 survivors, once with at most 16.
+        n = min(40, self.args.max_num_seqs)
+        waves = [2 if i < n - 32 else 3 if i < max(n - 16, n // 2) else 4 for i in range(n)]
+        self._warm_up_batch([replace(kinds[i % 3], max_tokens=t) for i, t in enumerate(waves)], vocab)
         self.block_manager.reset_prefix_cache()
         self.scheduler.num_preemptions = preemptions
+
+    def _warm_up_batch(self, params: list[SamplingParams], vocab: int) -> None:
+        """Run one request per entry of ``params`` to the end (prompts of 1, 8, 15, ... tokens), then
+        drop every trace of them."""
+        seqs = [self.add_request([(97 * i + 13 * j) % (vocab - 1) + 1
+                                  for j in range(max(1, min(1 + 7 * i, self.max_model_len - 4)))], p)
+                for i, p in enumerate(params)]
+        while self.has_unfinished():
+            self.step()
+        for s in seqs:
+            self.abort(s)
 
     # ----- requests --------------------------------------------------------------------------
     def add_request(self, prompt_token_ids: list[int], params: SamplingParams, request_id=None,
