@@ -47,6 +47,9 @@ def test_json_records_environment_model_and_ceilings(bench_run):
     assert isinstance(m["params"], int) and m["params"] > 151936 * 64 and m["dtype"] == "float32"
     assert positive(r["ceilings"]["copy"]["bytes_per_s"]) and is_stat(r["ceilings"]["copy"]["rate_bytes_per_s"])
     assert positive(r["ceilings"]["matmul"]["flop_per_s"])
+    # Each ceiling measured before and after the configurations; the higher reading is the roofline.
+    for c, key in ((r["ceilings"]["copy"], "bytes_per_s"), (r["ceilings"]["matmul"], "flop_per_s")):
+        assert len(c["readings"]) == 2 and all(positive(x) for x in c["readings"]) and c[key] == max(c["readings"])
     assert r["engine"]["kv_cache_tokens"] >= 2 * 16
     assert r["engine"]["max_model_len"] == 80  # --max-model-len, not the longest config (16)
 
@@ -179,3 +182,12 @@ def test_measure_config_reports_kernels_built_in_timed_reps_only(monkeypatch):
     assert [b["kernel"] for b in result["triton_builds"]] == ["_kernel_3"]
     assert result["triton_builds"][0]["seconds"] >= 0
     assert triton.knobs.runtime.jit_post_compile_hook is None  # the watch put the hooks back
+
+
+def test_ceiling_is_the_higher_of_two_measurements():
+    from ember.bench.ceilings import higher
+
+    low, high = {"bytes_per_s": 4.14e12, "reps": 10}, {"bytes_per_s": 4.22e12, "reps": 10}
+    for pair in ((low, high), (high, low)):
+        best = higher(*pair, "bytes_per_s")
+        assert best["bytes_per_s"] == 4.22e12 and best["readings"] == [p["bytes_per_s"] for p in pair]

@@ -76,6 +76,14 @@ def profile_rows(phase: dict) -> list[list[str]]:
     return [[k["name"][:90], str(k["calls"]), number(k["time_us"], 1), percent(k["share_of_step"])] for k in phase["top"]]
 
 
+def _readings(ceiling: dict, unit: float) -> str:
+    """", the higher of a and b": the two readings behind a ceiling (older results have one)."""
+    readings = ceiling.get("readings")
+    if not readings:
+        return ""
+    return ", the higher of " + " and ".join(f"{r / unit:.3f}" for r in readings)
+
+
 def md_table(headers: list[str], rows: list[list[str]]) -> str:
     escape = lambda s: s.replace("|", "\\|")
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -96,8 +104,9 @@ def markdown(result: dict) -> str:
         f"{model['kv_heads']} KV heads × {model['head_dim']}, {model['params'] / 1e9:.3f} B params, {model['dtype']}, "
         f"weights {model['load_format']}",
         f"- **Ceilings (same run):** copy {c['copy']['bytes_per_s'] / 1e12:.3f} TB/s read+written "
-        f"({c['copy']['bytes'] / GiB:.3g} GiB), matmul {c['matmul']['flop_per_s'] / 1e12:.2f} TFLOP/s "
-        f"({c['matmul']['dtype']}, n={c['matmul']['n']})",
+        f"({c['copy']['bytes'] / GiB:.3g} GiB{_readings(c['copy'], 1e12)}), "
+        f"matmul {c['matmul']['flop_per_s'] / 1e12:.2f} TFLOP/s "
+        f"({c['matmul']['dtype']}, n={c['matmul']['n']}{_readings(c['matmul'], 1e12)})",
         "",
         "Figures are medians (min–max) over the reps. Decode tok/s is over all sequences; the decode roofline "
         "is (weights + KV at the mean context) ÷ copy rate, the prefill roofline FLOPs ÷ matmul rate.",
