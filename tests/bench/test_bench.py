@@ -51,7 +51,7 @@ def test_json_records_environment_model_and_ceilings(bench_run):
     for c, key in ((r["ceilings"]["copy"], "bytes_per_s"), (r["ceilings"]["matmul"], "flop_per_s")):
         assert len(c["readings"]) == 2 and all(positive(x) for x in c["readings"]) and c[key] == max(c["readings"])
     assert r["engine"]["kv_cache_tokens"] >= 2 * 16
-    assert r["engine"]["max_model_len"] == 80  # --max-model-len, not the longest config (16)
+    assert r["engine"]["max_model_len"] == r["settings"]["max_model_len"] == 80  # not the longest config (16)
 
 
 def test_json_per_config_figures_and_ratios(bench_run):
@@ -129,6 +129,11 @@ def test_missing_transformers_is_a_clear_error(tiny_checkpoint, monkeypatch, cap
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else real(name, *a))
     assert main(["bench", "-m", str(tiny_checkpoint), "--configs", "small", "--compare", "hf"]) == 1
     assert "needs Hugging Face transformers" in capsys.readouterr().err
+
+
+def test_bad_max_model_len_is_rejected(tiny_checkpoint, capsys):
+    assert main(["bench", "-m", str(tiny_checkpoint), "--max-model-len", "0"]) == 1
+    assert "--max-model-len" in capsys.readouterr().err
 
 
 def test_bad_gen_len_is_rejected(tiny_checkpoint, capsys):

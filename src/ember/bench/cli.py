@@ -83,11 +83,14 @@ def resolve_settings(args: argparse.Namespace) -> dict:
         "enforce_eager": args.enforce_eager,
         "async_scheduling": args.async_scheduling,
         "fold_norms": args.fold_norms,
+        "max_model_len": args.max_model_len,  # None: the longest configuration's prompt + generation
     }
     if settings["gen_len"] < 2:
         raise EmberError("--gen-len must be >= 2 (one prefill token plus at least one decode step)")
     if settings["reps"] < 1:
         raise EmberError("--reps must be >= 1")
+    if settings["max_model_len"] is not None and settings["max_model_len"] < 2:
+        raise EmberError("--max-model-len must be >= 2")
     return settings
 
 

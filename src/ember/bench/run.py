@@ -91,7 +91,7 @@ def run_bench(args, settings: dict, argv: list[str], scratch: Path) -> dict:
         log("writing one random checkpoint that Ember and HF both load")
         load_path, load_format = shared_random_weights(model_path, dtype, device, args.seed, scratch), "auto"
 
-    max_len = getattr(args, "max_model_len", None) or min(max(prompt_lens) + gen_len, cfg.max_position_embeddings)
+    max_len = settings.get("max_model_len") or min(max(prompt_lens) + gen_len, cfg.max_position_embeddings)
     llm, takes_eager = load_llm(str(load_path), args.dtype, str(device), load_format, max(batch_sizes), max_len,
                                 args.seed, args.enforce_eager, getattr(args, "async_scheduling", True),
                                 getattr(args, "fold_norms", True))
