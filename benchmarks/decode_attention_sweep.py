@@ -39,7 +39,8 @@ BLOCK_SIZE = 16  # the engine's default
 L2_EVICT_BYTES = 256 << 20  # the layers' caches together exceed L2 (50-60 MiB) several times
 
 
-def make_case(num_q_heads, num_kv_heads, head_dim, batch, context, layers, gen):
+def make_case(num_q_heads, num_kv_heads, head_dim, batch, context, layers, gen, lens=None):
+    """``lens`` (int32 [batch], each <= context): per-row context lengths, else all ``context``."""
     blocks_per_seq = math.ceil(context / BLOCK_SIZE)
     num_blocks = batch * blocks_per_seq
     tables = torch.randperm(num_blocks, generator=gen).view(batch, blocks_per_seq).int().cuda()
@@ -48,8 +49,9 @@ def make_case(num_q_heads, num_kv_heads, head_dim, batch, context, layers, gen):
         k = torch.randn(num_blocks, BLOCK_SIZE, num_kv_heads, head_dim, device="cuda", dtype=torch.bfloat16)
         caches.append((k, torch.randn_like(k)))
     q = torch.randn(batch, num_q_heads, head_dim, device="cuda", dtype=torch.bfloat16)
-    lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
-    return q, caches, tables, lens
+    if lens is None:
+        lens = torch.full((batch,), context, dtype=torch.int32)
+    return q, caches, tables, lens.cuda()
 
 
 def time_graph(step, layers, reps=20):
@@ -117,6 +119,11 @@ def main():
     ap.add_argument("--splits", default="auto,16,32", help="'auto' = decode_num_splits; others fixed")
     ap.add_argument("--fused", action="store_true",
                     help="time qk_norm_rope_store_kv + paged_decode_attention against norm_rope_decode_attention")
+    ap.add_argument("--mixed", default=None, metavar="LO:HI",
+                    help="each row's context drawn uniformly from [LO, HI] (seed 0), as in the offline benchmark; "
+                         "--contexts is then ignored and the engine's block tables hold HI tokens")
+    ap.add_argument("--sort-rows", action="store_true",
+                    help="with --mixed: rows ordered longest first (the block scheduler then starts the long ones first)")
     ap.add_argument("--out", default="decode_attention_sweep.json")
     args = ap.parse_args()
     copy_rate = measure_copy_rate(torch.device("cuda"))["bytes_per_s"]
@@ -126,14 +133,21 @@ def main():
     for shape in args.shapes.split(","):
         s = QWEN3_SHAPES[shape]
         hq, hkv, d = s["num_attention_heads"], s["num_key_value_heads"], 128  # Qwen3 head_dim
-        for batch, context in itertools.product(map(int, args.batch_sizes.split(",")),
-                                                map(int, args.contexts.split(","))):
-            kv_bytes = batch * context * hkv * d * 2 * 2
+        mixed = tuple(map(int, args.mixed.split(":"))) if args.mixed else None
+        contexts = [mixed[1]] if mixed else map(int, args.contexts.split(","))
+        for batch, context in itertools.product(map(int, args.batch_sizes.split(",")), contexts):
+            row_lens = torch.randint(mixed[0], mixed[1] + 1, (batch,), generator=gen, dtype=torch.int32) \
+                if mixed else None
+            if mixed and args.sort_rows:
+                row_lens = row_lens.sort(descending=True).values
+            kv_bytes = (int(row_lens.sum()) if mixed else batch * context) * hkv * d * 2 * 2
             layers = max(2, min(36, math.ceil(L2_EVICT_BYTES / kv_bytes)))
-            q, caches, tables, lens = make_case(hq, hkv, d, batch, context, layers, gen)
+            q, caches, tables, lens = make_case(hq, hkv, d, batch, context, layers, gen, row_lens)
             scale = d ** -0.5
-            # The engine sizes splits from a block table that holds max_model_len: here 8192 + 256.
-            auto = attention.decode_num_splits(batch, hkv, math.ceil(8448 / BLOCK_SIZE), BLOCK_SIZE)
+            # The engine sizes splits from a block table that holds max_model_len: here 8192 + 256
+            # (with --mixed: HI, as the offline benchmark's limit is its longest request).
+            capacity = context if mixed else 8448
+            auto = attention.decode_num_splits(batch, hkv, math.ceil(capacity / BLOCK_SIZE), BLOCK_SIZE)
             split_options = sorted({auto if x == "auto" else int(x) for x in args.splits.split(",")})
             floor_us = kv_bytes / copy_rate * 1e6
             if args.fused:
@@ -141,7 +155,7 @@ def main():
                 rows.append({"shape": shape, "batch": batch, "context": context, "num_splits": auto,
                              "merge": attention.decode_merge_mode(auto), "two_launch_us": two_us,
                              "fused_us": fused_us, "floor_us": floor_us, "layers": layers})
-                print(f"{shape:>5} B={batch:<3} ctx={context:<5} floor {floor_us:6.2f} µs | rope + attention "
+                print(f"{shape:>5} B={batch:<3} ctx={args.mixed or context:<5} floor {floor_us:6.2f} µs | rope + attention "
                       f"{two_us:6.2f} | fused {fused_us:6.2f} ({two_us - fused_us:+.2f} saved, splits {auto}, "
                       f"{attention.decode_merge_mode(auto)})")
                 del caches
@@ -160,7 +174,7 @@ def main():
             best = min(results, key=lambda r: r["us"])
             cur = next(r for r in results if r["num_splits"] == auto and r["merge"] == attention.decode_merge_mode(auto)
                        and r["min_tokens"] == attention.DECODE_MIN_TOKENS_PER_SPLIT)
-            print(f"{shape:>5} B={batch:<3} ctx={context:<5} floor {floor_us:6.2f} µs | current {cur['us']:6.2f} | "
+            print(f"{shape:>5} B={batch:<3} ctx={args.mixed or context:<5} floor {floor_us:6.2f} µs | current {cur['us']:6.2f} | "
                   f"best {best['us']:6.2f} (splits {best['num_splits']}, min {best['min_tokens']}, {best['merge']})")
             for merge in ("kernel", "launch"):
                 line = "  ".join(f"s{r['num_splits']}/m{r['min_tokens']}:{r['us']:.1f}" for r in results

@@ -148,3 +148,15 @@ def test_serve_load_refuses_non_loopback_url():
     sl = load_script("serve_load")
     with pytest.raises(SystemExit, match="loopback"):
         sl.main(["-m", "x", "--url", "http://10.0.0.1:8000"])
+
+
+def test_offline_profile_windows(tiny_checkpoint, tmp_path):
+    op = load_script("offline_profile")
+    windows = op.main(["-m", str(tiny_checkpoint), "--num-requests", "4", "--min-len", "4", "--max-len", "12",
+                       "--temperature", "0", "--windows", "0:2,4:3", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "offline_profile.json").read_text())
+    assert [w["first_step"] for w in saved["windows"]] == [0, 4] and saved["windows"] == windows
+    first, second = windows
+    assert first["steps"] == 2 and first["prompt_tokens_per_step"] > 0  # the prompts run first
+    assert second["decode_rows_per_step"] > 0 and positive(second["kv_read_gb_per_step"])
+    assert all(positive(w["wall_ms_per_step"]) for w in windows)
