@@ -197,9 +197,11 @@ def _split_summary_kernel(
     split_stats_ptr, split_ids_ptr, cand_x_ptr, cand_id_ptr, V, S,
     BLOCK: tl.constexpr, K_CAND: tl.constexpr, BINS: tl.constexpr,
 ):
-    """Summary of BLOCK logits of a row: max, min, softmax sum (relative to the split max), then
-    for greedy rows the first argmax, for unfiltered rows the Gumbel-max, for filtered rows the
-    split's floor and every logit above it (<= K_CAND, with ids) as candidates."""
+    """Summary of BLOCK logits of a row: for greedy rows the first argmax, for unfiltered rows the
+    Gumbel-max, for filtered rows the split's max, min, softmax sum (relative to the split max),
+    floor and every logit above the floor (<= K_CAND, with ids) as candidates. Nothing else is
+    computed: at temperature > 0 without filters the split's reductions and an exp2 per logit
+    cost as much as the draw itself."""
     row = tl.program_id(0)
     split = tl.program_id(1)
     slot = row.to(tl.int64) * S + split
@@ -207,28 +209,28 @@ def _split_summary_kernel(
     valid = ids < V
     x = tl.load(logits_ptr + row.to(tl.int64) * logits_stride + ids, mask=valid, other=-float("inf")).to(tl.float32)
     greedy, filtered, inv_t, _, _, _, _, _ = _row_setup(row, temperature_ptr, top_k_ptr, top_p_ptr, min_p_ptr, V)
-    split_max = tl.max(x, axis=0)
-    best = split_max
-    best_id = tl.min(tl.where(x == split_max, ids, V), axis=0)  # greedy: the first argmax
-    floor = -float("inf")
+    stats = split_stats_ptr + slot * 5
     num_cand = 0
-    if not greedy:
-        if filtered:
+    if greedy | filtered:
+        split_max = tl.max(x, axis=0)
+        best = split_max
+        best_id = tl.min(tl.where(x == split_max, ids, V), axis=0)  # greedy: the first argmax
+        if filtered & (not greedy):
             floor = _split_floor(x, valid, K_CAND, BINS)
             take = valid & (x > floor)
             position = tl.cumsum(take.to(tl.int32), axis=0) - 1
             tl.store(cand_x_ptr + slot * K_CAND + position, x, mask=take)
             tl.store(cand_id_ptr + slot * K_CAND + position, ids, mask=take)
             num_cand = tl.sum(take.to(tl.int32), axis=0)
-        else:
-            key1, key2 = row_keys(tl.load(seeds_ptr + row), tl.load(steps_ptr + row))
-            best, best_id = _gumbel_argmax(x, ids, valid, inv_t, key1, key2, V)
-    shifted = (x - tl.where(split_max == -float("inf"), 0.0, split_max)) * (inv_t * 1.4426950408889634)
-    stats = split_stats_ptr + slot * 5
-    tl.store(stats + 0, split_max)
-    tl.store(stats + 1, tl.min(tl.where(valid, x, float("inf")), axis=0))
-    tl.store(stats + 2, tl.sum(tl.exp2(shifted), axis=0))
-    tl.store(stats + 3, floor)
+            # Only the merge of a filtered row reads the split's max, min, mass and floor.
+            shifted = (x - tl.where(split_max == -float("inf"), 0.0, split_max)) * (inv_t * 1.4426950408889634)
+            tl.store(stats + 0, split_max)
+            tl.store(stats + 1, tl.min(tl.where(valid, x, float("inf")), axis=0))
+            tl.store(stats + 2, tl.sum(tl.exp2(shifted), axis=0))
+            tl.store(stats + 3, floor)
+    else:  # an unfiltered draw needs only the split's best Gumbel score (the offline benchmark's rows)
+        key1, key2 = row_keys(tl.load(seeds_ptr + row), tl.load(steps_ptr + row))
+        best, best_id = _gumbel_argmax(x, ids, valid, inv_t, key1, key2, V)
     tl.store(stats + 4, best)
     tl.store(split_ids_ptr + slot * 2 + 0, best_id)
     tl.store(split_ids_ptr + slot * 2 + 1, num_cand)
@@ -257,11 +259,11 @@ def _merge_kernel(
     row_slots = row.to(tl.int64) * S + tl.arange(0, S_PAD)
     in_row = tl.arange(0, S_PAD) < S
     stats = split_stats_ptr + row_slots * 5
-    maxes = tl.load(stats + 0, mask=in_row, other=-float("inf"))
     bests = tl.load(stats + 4, mask=in_row, other=-float("inf"))
     best = tl.max(bests, axis=0)
     token = tl.min(tl.where(in_row & (bests == best), tl.load(split_ids_ptr + row_slots * 2, mask=in_row), V), axis=0)
     if filtered & (not greedy):
+        maxes = tl.load(stats + 0, mask=in_row, other=-float("inf"))  # stored for filtered rows only
         m = tl.max(maxes, axis=0)
         total = tl.sum(tl.load(stats + 2, mask=in_row, other=0.0) * tl.exp2((maxes - m) * scale), axis=0)
         floor = tl.max(tl.load(stats + 3, mask=in_row, other=-float("inf")), axis=0)
