@@ -6,6 +6,7 @@ from __future__ import annotations
 from array import array
 
 import numpy as np
+import pytest
 import torch
 
 from ember import SamplingParams
@@ -19,9 +20,9 @@ MAX_NUM_SEQS = 6
 MAX_BLOCKS = 8
 
 
-def make_inputs() -> StepInputs:
-    staging = HostStaging(MAX_NUM_SEQS, MAX_BLOCKS, packed_bytes(MAX_NUM_SEQS), pin=False)
-    return StepInputs(MAX_NUM_SEQS, MAX_BLOCKS, BLOCK_SIZE, torch.device("cpu"), staging, PendingTokens())
+def make_inputs(device: str = "cpu") -> StepInputs:
+    staging = HostStaging(MAX_NUM_SEQS, MAX_BLOCKS, packed_bytes(MAX_NUM_SEQS), pin=device == "cuda")
+    return StepInputs(MAX_NUM_SEQS, MAX_BLOCKS, BLOCK_SIZE, torch.device(device), staging, PendingTokens())
 
 
 def make_seq(num_tokens: int, blocks: list[int], cached: int = 0) -> Sequence:
@@ -59,8 +60,11 @@ def test_prepare_prefill_chunks_and_decode_rows():
     assert last_rows == [5, 10, 11]
 
 
-def test_prepare_decode_fills_buffers_and_pads():
-    inputs = make_inputs()
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_prepare_decode_fills_buffers_and_pads(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    inputs = make_inputs(device)
     seqs = [make_seq(5, [3, 7]), make_seq(1, [4]), make_seq(9, [1, 2, 6])]
     inputs.prepare_decode(seqs, num_rows=5)
     assert inputs.decode_input_ids[:5].tolist() == [s.token_ids[-1] for s in seqs] + [0, 0]
@@ -70,27 +74,38 @@ def test_prepare_decode_fills_buffers_and_pads():
     assert inputs.decode_block_tables[:3, :3].tolist() == [[3, 7, 0], [4, 0, 0], [1, 2, 6]]
     # It went through the current staging set, not the other one.
     assert inputs.staging.current.decode.context_lens[:3].tolist() == [5, 1, 9]
-    assert inputs.staging.sets[1 - inputs.staging.parity].decode.raw.eq(0).all()
+    other = inputs.staging.sets[1 - inputs.staging.parity].decode
+    offset = int(other.token_offset[0])  # the one field each set holds from the start: where its tokens go
+    other.token_offset.zero_()
+    assert other.raw.eq(0).all()
+    other.token_offset[0] = offset
+    # The device header says where a decode graph writes this launch's tokens on the host.
+    assert inputs.decode.token_offset.tolist() == inputs.staging.current.decode.token_offset.tolist()
     # A smaller batch after it: the rows past it become padding again.
     inputs.staging.flip()
     inputs.prepare_decode(seqs[:1], num_rows=2)
     assert inputs.decode_context_lens[:2].tolist() == [5, 0] and inputs.decode_slots[:2].tolist() == [slot(seqs[0], 4), -1]
 
 
-def test_prepare_decode_long_tables_take_a_second_copy(monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_prepare_decode_long_tables_take_a_second_copy(monkeypatch, device):
     """Past the one-copy limit the tables travel alone, only their used columns; the device
-    buffers hold the same either way."""
+    buffers hold the same either way (on CUDA: kernels reading pinned memory, then a spread)."""
     import ember.engine.step_inputs as step_inputs
 
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
     seqs = [make_seq(5, [3, 7]), make_seq(1, [4]), make_seq(9, [1, 2, 6])]
     filled = {}
     for limit in (1 << 20, 0):
         monkeypatch.setattr(step_inputs, "_ONE_COPY_TABLE_BYTES", limit)
-        inputs = make_inputs()
+        inputs = make_inputs(device)
         inputs.decode.block_tables.fill_(-7)  # stale entries past the used columns stay untouched
         inputs.prepare_decode(seqs, num_rows=4)
-        filled[limit] = inputs.decode.block_tables.clone()
+        filled[limit] = inputs.decode.block_tables.cpu()
         assert inputs.decode_slots[:4].tolist() == [slot(s, len(s) - 1) for s in seqs] + [-1]
+        assert inputs.decode_context_lens[:4].tolist() == [5, 1, 9, 0]
+        assert inputs.decode.token_offset.tolist() == inputs.staging.current.decode.token_offset.tolist()
     assert filled[0][:3, :3].tolist() == filled[1 << 20][:3, :3].tolist() == [[3, 7, 0], [4, 0, 0], [1, 2, 6]]
     assert filled[0][:, 3:].eq(-7).all() and filled[0][3:].eq(-7).all()
     assert filled[1 << 20][3:].eq(-7).all()  # whole rows, but only the batch's

@@ -60,3 +60,17 @@ def test_empty_batch_and_dispatch():
     out = torch.empty(2, dtype=torch.int64, device=DEVICE)
     assert torch.equal(argmax_rows(logits, out=out), logits.argmax(dim=-1))
     assert torch.equal(argmax_rows_reference(logits.cpu()), logits.cpu().argmax(dim=-1))
+
+
+@pytest.mark.parametrize("impl", [argmax_rows_triton, argmax_rows_reference])
+def test_host_out_lands_at_the_offset_read_on_device(impl):
+    # The decode graph writes each replay's tokens into one of two host rows, chosen by an offset
+    # that the step's input copy brings (pinned host memory on CUDA; a CPU tensor here).
+    logits = random_logits(3, 900, torch.bfloat16, seed=5)
+    host = torch.full((2 * 4,), -1, dtype=torch.int64, pin_memory=torch.cuda.is_available())  # mapped on CUDA
+    offset = torch.tensor([4], dtype=torch.int32, device=DEVICE)
+    out = torch.empty(3, dtype=torch.int64, device=DEVICE)
+    impl(logits, out=out, host_out=(host, offset))
+    expected = logits.argmax(dim=-1).tolist()
+    assert out.tolist() == expected and host[4:7].tolist() == expected
+    assert (host[:4] == -1).all() and host[7] == -1

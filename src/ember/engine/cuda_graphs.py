@@ -7,8 +7,9 @@ bucket that holds it; the graphs read their inputs from the fixed decode buffers
 ``StepInputs``.
 
 Graphs of small buckets also take the greedy argmax into the decode token buffer, where the
-sampler keeps it for greedy rows and the next step reads it: at batch 1 every operation left
-outside the graph costs a few microseconds of device time (~0.5% of a Qwen3-0.6B token). Larger
+sampler keeps it for greedy rows and the next step reads it, and into the pinned host staging,
+where the host reads it: at batch 1 every operation left outside the graph costs a few
+microseconds of device time (~1% of a Qwen3-0.6B token). Larger
 buckets leave it to the sampler, since a sampled batch would pay for an unused argmax.
 """
 
@@ -88,7 +89,10 @@ class DecodeGraphs:
         hidden = self.model(inputs.decode_input_ids[:num_rows], inputs.decode_positions[:num_rows], meta)
         logits = self.model.compute_logits(hidden, out=out)
         if argmax:  # after the model has read the ids: the buffer holds the next step's tokens
-            argmax_rows(logits, out=inputs.decode_input_ids[:num_rows])
+            # ... and the host's copy of them: the kernel writes the staging set's pinned row that
+            # the step's inputs name, so no device-to-host copy follows the graph.
+            argmax_rows(logits, out=inputs.decode_input_ids[:num_rows],
+                        host_out=(inputs.staging.tokens_both, inputs.decode.token_offset))
         return logits
 
     def run_bucket(self, bucket: int, num_seqs: int) -> tuple[torch.Tensor, bool]:

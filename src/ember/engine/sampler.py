@@ -84,7 +84,8 @@ class Sampler:
     def sample(self, seqs: list[Sequence], logits: torch.Tensor, argmax_done: bool = False) -> SampledStep:
         """Sample one token per row on the device into ``tokens_out`` and start copying them to
         the host; nothing here waits for the device. ``argmax_done``: ``tokens_out`` already
-        holds the logits' argmax (a decode graph computed it), which greedy rows then keep."""
+        holds the logits' argmax (a decode graph computed it, and also wrote it into this launch's
+        pinned ``staging.tokens``), which greedy rows then keep."""
         params = [s.params for s in seqs]
         want_logprobs = [p.logprobs is not None for p in params]
         raw = logits if any(want_logprobs) else None
@@ -109,7 +110,9 @@ class Sampler:
         if raw is not None:
             device_results += compute_logprobs(raw, tokens, max(p.logprobs or 0 for p in params))
         if self.device.type == "cuda":
-            tokens_host = staging.tokens[: len(seqs)].copy_(tokens, non_blocking=True)
+            tokens_host = staging.tokens[: len(seqs)]
+            if not (argmax_done and greedy and not needs_penalties):  # else the graph wrote them there
+                tokens_host.copy_(tokens, non_blocking=True)
             # Rare (logprobs): fresh pinned buffers, freed by the caching host allocator once copied.
             host = [tokens_host, *(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
                                    for t in device_results[1:])]

@@ -4,7 +4,7 @@ and block tables.
 Prefill inputs are built fresh each step, their size varies with the chunks. Decode inputs go
 into preallocated device buffers (fixed addresses, which CUDA graphs capture) through the
 pinned ``HostStaging``: one copy, not waited for, for positions, slots, context lengths and
-block tables together.
+block tables together (on CUDA a kernel that reads the pinned bytes, ``ops.host_copy``).
 
 Token ids take another way. With async scheduling a sequence's last token may not have reached
 the host yet: it is on the device, in ``PendingTokens``. The sampler writes every step's tokens
@@ -21,6 +21,7 @@ import torch
 from ember.engine.host_staging import HostStaging, PackedDecodeInputs, copy_to_device
 from ember.engine.sequence import Sequence
 from ember.layers.attention import AttentionMetadata
+from ember.ops.host_copy import copy_from_host
 
 
 def block_tables(seqs: list[Sequence]) -> np.ndarray:
@@ -83,6 +84,8 @@ class StepInputs:
         self.decode_slots = self.decode.slots
         self.decode_context_lens = self.decode.context_lens
         self.decode_block_tables = self.decode.block_tables
+        # Where long block tables land packed before they are spread into their rows.
+        self.decode_tables_scratch = torch.empty(n * self.decode.row_bytes, dtype=torch.uint8, device=dev)
 
     def to_device(self, data, dtype) -> torch.Tensor:
         return copy_to_device(data, dtype, self.device, self.pin)
@@ -149,16 +152,24 @@ class StepInputs:
         slots = tables[np.arange(b), pos // self.block_size].astype(np.int64) * self.block_size + pos % self.block_size
         host.slots.numpy()[:n] = np.pad(slots, (0, n - b), constant_values=-1)
         host.context_lens.numpy()[:n] = np.pad(lens, (0, n - b))
-        host.block_tables.numpy()[:b, :width] = tables
         # Block-table entries past a row's context length are never read, so stale ones (and
         # padding rows' tables) are harmless: whole rows travel when that keeps it one copy.
         dev = self.decode
+        # On CUDA kernels read the pinned bytes (ops/host_copy.py): no copy engine, whose hand-over
+        # cost ~8 us of idle device time per step at batch 1.
         if b * host.row_bytes <= _ONE_COPY_TABLE_BYTES:
+            host.block_tables.numpy()[:b, :width] = tables
             used = host.used_bytes(b)
-            dev.raw[:used].copy_(host.raw[:used], non_blocking=True)
-        else:  # long tables: only the columns in use, in a second (strided) copy
-            dev.raw[: host.header_bytes].copy_(host.raw[: host.header_bytes], non_blocking=True)
-            dev.block_tables[:b, :width].copy_(host.block_tables[:b, :width], non_blocking=True)
+            copy_from_host(host.raw[:used], dev.raw[:used])
+        else:  # long tables: only the columns in use, packed, then spread into their rows on device
+            # (a strided copy from the host would go through a pageable temporary, which blocks
+            # the host until the device has caught up: no more async scheduling)
+            packed = host.raw[host.header_bytes: host.header_bytes + tables.nbytes]
+            packed.numpy()[:] = tables.view(np.uint8).reshape(-1)
+            copy_from_host(host.raw[: host.header_bytes], dev.raw[: host.header_bytes])
+            scratch = self.decode_tables_scratch[: tables.nbytes]
+            copy_from_host(packed, scratch)
+            dev.block_tables[:b, :width].copy_(scratch.view(torch.int32).view(b, width))
         self._decode_input_ids(seqs, n)
 
     def _decode_input_ids(self, seqs: list[Sequence], n: int) -> None:
@@ -172,7 +183,7 @@ class StepInputs:
             gathered = self.pending.tokens.index_select(0, self.to_device(sources[1], torch.int64))
         staged = self.staging.current.input_ids
         staged.numpy()[:n] = np.pad(np.fromiter((s.token_ids[-1] for s in seqs), np.int64, b), (0, n - b))
-        ids[:n].copy_(staged[:n], non_blocking=True)
+        copy_from_host(staged[:n].view(torch.uint8), ids[:n].view(torch.uint8))
         if gathered is not None:
             ids.index_copy_(0, self.to_device(sources[0], torch.int64), gathered)
             self.pending.record(ids, seqs)  # the pending tokens now sit in these rows

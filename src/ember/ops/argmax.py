@@ -37,8 +37,8 @@ def _argmax_split_kernel(logits_ptr, part_val_ptr, part_idx_ptr, V, stride_row, 
 
 
 @triton.jit
-def _argmax_merge_kernel(part_val_ptr, part_idx_ptr, out_ptr, V, NUM_SPLITS, S_PAD: tl.constexpr,
-                         USE_PDL: tl.constexpr):
+def _argmax_merge_kernel(part_val_ptr, part_idx_ptr, out_ptr, host_out_ptr, host_offset_ptr, V, NUM_SPLITS,
+                         S_PAD: tl.constexpr, HOST_OUT: tl.constexpr, USE_PDL: tl.constexpr):
     if USE_PDL:  # the partials come from the split kernel
         pdl_sync()
     row = tl.program_id(0)
@@ -48,10 +48,14 @@ def _argmax_merge_kernel(part_val_ptr, part_idx_ptr, out_ptr, V, NUM_SPLITS, S_P
     idx = tl.load(part_idx_ptr + row * NUM_SPLITS + splits, mask=valid, other=V)
     best = tl.max(val, axis=0)
     # The splits are in index order and each holds its first maximum: the smallest index wins.
-    tl.store(out_ptr + row, tl.min(tl.where(valid & (val == best), idx, V), axis=0).to(out_ptr.dtype.element_ty))
+    token = tl.min(tl.where(valid & (val == best), idx, V), axis=0)
+    tl.store(out_ptr + row, token.to(out_ptr.dtype.element_ty))
+    if HOST_OUT:  # also straight into pinned host memory (mapped), at an offset read on device
+        tl.store(host_out_ptr + tl.load(host_offset_ptr) + row, token.to(host_out_ptr.dtype.element_ty))
 
 
-def argmax_rows_triton(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def argmax_rows_triton(logits: torch.Tensor, out: torch.Tensor | None = None,
+                       host_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     B, V = logits.shape
     assert logits.stride(1) == 1 and logits.dtype in (torch.float32, torch.bfloat16, torch.float16)
     if out is None:
@@ -67,19 +71,38 @@ def argmax_rows_triton(logits: torch.Tensor, out: torch.Tensor | None = None) ->
     _argmax_split_kernel[(B, num_splits)](logits, part_val, part_idx, V, logits.stride(0), num_splits,
                                           BLOCK=block, USE_PDL=use_pdl, num_warps=ARGMAX_NUM_WARPS,
                                           launch_pdl=use_pdl)
-    _argmax_merge_kernel[(B,)](part_val, part_idx, out, V, num_splits, S_PAD=triton.next_power_of_2(num_splits),
+    host, offset = _check_host_out(host_out, out) if host_out is not None else (out, out)  # dummies: never read
+    _argmax_merge_kernel[(B,)](part_val, part_idx, out, host, offset, V, num_splits,
+                               S_PAD=triton.next_power_of_2(num_splits), HOST_OUT=host_out is not None,
                                USE_PDL=use_pdl, num_warps=1, launch_pdl=use_pdl)
     return out
 
 
-def argmax_rows_reference(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+def _check_host_out(host_out, out):
+    host, offset = host_out
+    assert host.dtype == out.dtype and host.is_contiguous() and host.dim() == 1
+    assert offset.dtype == torch.int32 and offset.numel() >= 1 and offset.device == out.device
+    return host, offset
+
+
+def argmax_rows_reference(logits: torch.Tensor, out: torch.Tensor | None = None,
+                          host_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     tokens = logits.argmax(dim=-1)
-    if out is None:
-        return tokens
-    return out.copy_(tokens)
+    if out is not None:
+        tokens = out.copy_(tokens)
+    if host_out is not None:
+        host, offset = _check_host_out(host_out, tokens)
+        start = int(offset[0])
+        host[start: start + len(tokens)].copy_(tokens)
+    return tokens
 
 
-def argmax_rows(logits: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """int64 [B] (or into ``out``, int64/int32 [B]): each row's first maximal index."""
+def argmax_rows(logits: torch.Tensor, out: torch.Tensor | None = None,
+                host_out: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """int64 [B] (or into ``out``, int64/int32 [B]): each row's first maximal index.
+
+    ``host_out`` = (host, offset): the tokens also go to ``host[offset[0] + row]``; ``host`` is 1-D
+    pinned memory of ``out``'s dtype (a kernel writes it directly, no copy), ``offset`` an int32
+    device tensor, read when the kernel runs (so a CUDA graph can send each replay elsewhere)."""
     impl = argmax_rows_triton if use_triton(logits) else argmax_rows_reference
-    return impl(logits, out)
+    return impl(logits, out, host_out)
