@@ -89,6 +89,7 @@ class DecodeGraphs:
         hidden = self.model(inputs.decode_input_ids[:num_rows], inputs.decode_positions[:num_rows], meta)
         logits = self.model.compute_logits(hidden, out=out)
         if argmax:  # after the model has read the ids: the buffer holds the next step's tokens
+            assert num_rows <= inputs.staging.current.tokens.numel(), "host token row too short"
             # ... and the host's copy of them: the kernel writes the staging set's pinned row that
             # the step's inputs name, so no device-to-host copy follows the graph.
             argmax_rows(logits, out=inputs.decode_input_ids[:num_rows],

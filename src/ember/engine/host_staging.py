@@ -1,11 +1,13 @@
 """Host memory that a step's small host<->device copies go through.
 
-On CUDA the buffers are pinned, so the copies run asynchronously (``non_blocking=True``) and
-the host never waits for them. That makes reusing a buffer the hazard: it must not be refilled
-while a copy out of (or into) it may still be pending. Hence two sets, used on alternate
-launches: a set is refilled two launches later, when its copies are long done, because the
-launch in between waited for this one's tokens (its ``ready`` event, recorded after every copy
-of the launch) before going on.
+On CUDA the buffers are pinned, so the copies run asynchronously (``non_blocking=True``), and
+device-mapped, so kernels read them directly (the decode inputs, ``ops/host_copy.py``) and a
+decode graph's argmax writes the tokens into them; the host never waits for any of it. That
+makes reusing a buffer the hazard: it must not be refilled while a copy or kernel reading (or
+writing) it may still be pending. Hence two sets, used on alternate launches: a set is refilled
+two launches later, when its readers and writers are long done, because the launch in between
+waited for this one's tokens (its ``ready`` event, recorded after everything of the launch)
+before going on.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ class StagingSet:
     decode: PackedDecodeInputs  # the rest of a decode step's inputs
     tokens: torch.Tensor  # int64 [max_num_seqs]: sampled tokens, copied back (or written by a graph)
     sampling_params: torch.Tensor  # uint8: per-row sampling parameters, packed (sampler_inputs)
-    ready: torch.cuda.Event | None  # recorded after the launch's last copy; None off CUDA
+    ready: torch.cuda.Event | None  # recorded after the launch's last copy or kernel; None off CUDA
 
 
 class HostStaging:

@@ -3,10 +3,11 @@
 The runner orchestrates; the parts live beside it:
 
 - ``step_inputs``: token ids, positions, slots, context lengths and block tables on the
-  device. Decode inputs go through preallocated buffers, filled by one host-to-device copy
-  (token ids stay where the last step's sampler wrote them when the rows are unchanged), and
-  the step itself never waits on the device.
-- ``host_staging``: the pinned, double-buffered host memory those copies go through.
+  device. Decode inputs go through preallocated buffers, filled by a kernel that reads the
+  pinned staging (token ids stay where the last step's sampler wrote them when the rows are
+  unchanged), and the step itself never waits on the device.
+- ``host_staging``: the pinned, double-buffered host memory those copies read from, and where
+  the tokens come back (copied, or written there by a decode graph's argmax).
 - ``cuda_graphs``: on CUDA a pure decode step replays a CUDA graph: one per batch-size bucket,
   captured at start-up over the model forward and its logits (the LM head writing into a fixed
   buffer, in the model dtype: the sampler upcasts on read) and, for small buckets, the greedy

@@ -83,7 +83,8 @@ class Sampler:
 
     def sample(self, seqs: list[Sequence], logits: torch.Tensor, argmax_done: bool = False) -> SampledStep:
         """Sample one token per row on the device into ``tokens_out`` and start copying them to
-        the host; nothing here waits for the device. ``argmax_done``: ``tokens_out`` already
+        the host (unless a decode graph already wrote them there); nothing here waits for the
+        device. ``argmax_done``: ``tokens_out`` already
         holds the logits' argmax (a decode graph computed it, and also wrote it into this launch's
         pinned ``staging.tokens``), which greedy rows then keep."""
         params = [s.params for s in seqs]

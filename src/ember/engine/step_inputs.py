@@ -4,7 +4,8 @@ and block tables.
 Prefill inputs are built fresh each step, their size varies with the chunks. Decode inputs go
 into preallocated device buffers (fixed addresses, which CUDA graphs capture) through the
 pinned ``HostStaging``: one copy, not waited for, for positions, slots, context lengths and
-block tables together (on CUDA a kernel that reads the pinned bytes, ``ops.host_copy``).
+block tables together (on CUDA a kernel that reads the pinned bytes, ``ops.host_copy``; long
+tables take a second one, packed, and are spread into their rows on the device).
 
 Token ids take another way. With async scheduling a sequence's last token may not have reached
 the host yet: it is on the device, in ``PendingTokens``. The sampler writes every step's tokens

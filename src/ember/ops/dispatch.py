@@ -24,8 +24,8 @@ attention split and merge kernels, the skinny GEMM with what rides along):
   are written once at load time, never by a kernel of a step.)
 - ``gdc_launch_dependents()`` right after the wait is safe: the next kernel only runs its own
   prologue, then waits for this kernel's full completion in its own ``gdc_wait``.
-- Two exceptions in ops/decode_attention.py read before the wait what only copies before the
-  step's first kernel and earlier steps wrote, never what a kernel of this step writes: the
+- Two exceptions in ops/decode_attention.py read before the wait what only the step's input
+  copy (a kernel launched without PDL, ops/host_copy.py, or a copy) and earlier steps wrote, never what a kernel of this step writes: the
   fused split kernel at small batches (``PRELOAD``: context lengths, block tables, positions,
   slots, the cached K/V of earlier tokens; its own new K/V it patches in after the wait) and the
   merge kernel (context lengths). That is safe because every kernel calls
