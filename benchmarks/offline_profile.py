@@ -30,8 +30,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import throughput  # noqa: E402  benchmarks/throughput.py: the workload
 
 
-def kv_bytes_per_token(cfg) -> int:
-    return cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * 2  # bf16 K and V
+def kv_bytes_per_token(cfg, dtype: torch.dtype) -> int:
+    """K and V of every layer, in the cache's dtype."""
+    return cfg.num_hidden_layers * 2 * cfg.num_key_value_heads * cfg.head_dim * dtype.itemsize
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -52,8 +53,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     llm = LLM(a.model, load_format="dummy", device=str(device), max_model_len=max(map(len, prompts)) + max(out_lens),
               max_num_seqs=256, seed=0, progress=False)
     engine = llm.engine
-    per_token = kv_bytes_per_token(engine.config)
-    params = [SamplingParams(temperature=a.temperature, max_tokens=n, ignore_eos=True, seed=i) for i, n in enumerate(out_lens)]
+    per_token = kv_bytes_per_token(engine.config, engine.dtype)
+    params = [SamplingParams(temperature=a.temperature, max_tokens=n, ignore_eos=True, seed=i)
+              for i, n in enumerate(out_lens)]
     step, index, results, active = engine.step, [0], [], {}
 
     def profiled_step():
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     llm.generate(prompts, params, use_tqdm=False)
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "offline_profile.json").write_text(json.dumps(
-        {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__, "copy_rate": copy_rate,
+        {"gpu": torch.cuda.get_device_name() if device.type == "cuda" else "cpu", "torch": torch.__version__,
+         "copy_rate": copy_rate,
          "model": a.model, "windows": results}, indent=1))
     return results
 

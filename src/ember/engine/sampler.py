@@ -84,9 +84,9 @@ class Sampler:
     def sample(self, seqs: list[Sequence], logits: torch.Tensor, argmax_done: bool = False) -> SampledStep:
         """Sample one token per row on the device into ``tokens_out`` and start copying them to
         the host (unless a decode graph already wrote them there); nothing here waits for the
-        device. ``argmax_done``: ``tokens_out`` already
-        holds the logits' argmax (a decode graph computed it, and also wrote it into this launch's
-        pinned ``staging.tokens``), which greedy rows then keep."""
+        device. ``argmax_done``: ``tokens_out`` already holds the logits' argmax (a decode graph
+        computed it, and also wrote it into this launch's pinned ``staging.tokens``), which greedy
+        rows then keep."""
         params = [s.params for s in seqs]
         want_logprobs = [p.logprobs is not None for p in params]
         raw = logits if any(want_logprobs) else None

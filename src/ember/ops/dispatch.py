@@ -25,13 +25,13 @@ attention split and merge kernels, the skinny GEMM with what rides along):
 - ``gdc_launch_dependents()`` right after the wait is safe: the next kernel only runs its own
   prologue, then waits for this kernel's full completion in its own ``gdc_wait``.
 - Two exceptions in ops/decode_attention.py read before the wait what only the step's input
-  copy (a kernel launched without PDL, ops/host_copy.py, or a copy) and earlier steps wrote, never what a kernel of this step writes: the
-  fused split kernel at small batches (``PRELOAD``: context lengths, block tables, positions,
-  slots, the cached K/V of earlier tokens; its own new K/V it patches in after the wait) and the
-  merge kernel (context lengths). That is safe because every kernel calls
-  ``gdc_launch_dependents()`` only after its own wait: when kernel N starts, kernel N - 1 has
-  passed its wait, so kernel N - 2 and everything before it (the input copy included) has
-  completed. Such a kernel must not directly follow one that writes those inputs.
+  copy (a kernel launched without PDL, ops/host_copy.py, or a copy) and earlier steps wrote,
+  never what a kernel of this step writes: the fused split kernel at small batches (``PRELOAD``:
+  context lengths, block tables, positions, slots, the cached K/V of earlier tokens; its own new
+  K/V it patches in after the wait) and the merge kernel (context lengths). That is safe because
+  every kernel calls ``gdc_launch_dependents()`` only after its own wait: when kernel N starts,
+  kernel N - 1 has passed its wait, so kernel N - 2 and everything before it (the input copy
+  included) has completed. Such a kernel must not directly follow one that writes those inputs.
 - Completion is transitive: a PDL kernel cannot complete before its own wait returned, i.e.
   before its predecessor completed; so when kernel N's wait returns, every earlier kernel has
   completed, PDL or not (a kernel launched without the attribute waits for its predecessor in
