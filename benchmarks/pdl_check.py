@@ -64,7 +64,7 @@ def worker(shape: str, root: Path, batch_sizes: list[int], prompt_len: int) -> d
             engine.step()
         torch.cuda.synchronize()
         bucket = pick_bucket(engine.runner.cuda_graphs.buckets, b)
-        graph = engine.runner.cuda_graphs.graphs[bucket]
+        graph = engine.runner.cuda_graphs.graph_for(bucket, max(map(len, seqs)))
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         graph.replay()
         torch.cuda.synchronize()

@@ -63,7 +63,7 @@ def phased_step(engine) -> dict:
     runner.inputs.prepare_decode(seqs, num_rows=bucket)
     sync()
     t2 = time.perf_counter()
-    runner.cuda_graphs.graphs[bucket].replay()
+    runner.cuda_graphs.graph_for(bucket, max(map(len, seqs))).replay()
     t3 = time.perf_counter()
     sync()
     t4 = time.perf_counter()
@@ -130,7 +130,7 @@ def measure_shape(shape: str, root: Path, batch_sizes: list[int], copy_rate: flo
         from ember.engine.cuda_graphs import pick_bucket
 
         bucket = pick_bucket(engine.runner.cuda_graphs.buckets, b)
-        graph = engine.runner.cuda_graphs.graphs[bucket]
+        graph = engine.runner.cuda_graphs.graph_for(bucket, max(map(len, seqs)))
         gpu_ms = event_ms(graph.replay, 100)
         kernels = kernels_of_replay(graph)
         for s in seqs:

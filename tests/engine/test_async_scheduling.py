@@ -146,3 +146,21 @@ def test_warm_up_moves_rows_past_and_within_16(tiny_checkpoint, monkeypatch):
     assert any(n > 16 for n in gathers) and any(n <= 16 for n in gathers), gathers
     stats = llm.engine.stats()
     assert stats["kv_blocks_used"] == stats["num_preemptions"] == 0
+
+
+def test_warm_up_runs_a_mixed_step_through_the_decode_kernel(tiny_checkpoint, monkeypatch):
+    """A prompt arrives while 16 rows decode: that mixed step attends its decode rows with the decode
+    kernel's one-split variant, which no decode graph compiles."""
+    from ember import ops
+    from ember.layers.attention import MIXED_STEP_DECODE_KERNEL_MIN_ROWS
+
+    # A budget that takes every warm-up batch's prompts in one step: only the late arrival mixes.
+    llm = make_llm(tiny_checkpoint, async_scheduling=True, max_num_seqs=64, max_model_len=512,
+                   max_num_batched_tokens=8192)
+    calls = []
+    decode = ops.paged_decode_attention
+    monkeypatch.setattr(ops, "paged_decode_attention", lambda q, *a, **kw: calls.append((q.shape[0], kw)) or decode(q, *a, **kw))
+    llm.engine.warm_up()
+    assert calls and all(rows == MIXED_STEP_DECODE_KERNEL_MIN_ROWS and kw["num_splits"] == 1 for rows, kw in calls)
+    stats = llm.engine.stats()
+    assert stats["kv_blocks_used"] == stats["num_preemptions"] == 0

@@ -18,7 +18,7 @@ from ember.cli.main import build_parser
 from ember.engine.llm_engine import EngineArgs
 from ember.engine.cuda_graphs import (MAX_ARGMAX_IN_GRAPH, MAX_GRAPH_BATCH, DecodeGraphs, decode_graph_buckets,
                                      pick_bucket)
-from ember.ops.decode_attention import decode_num_splits, decode_workspace_numel
+from ember.ops.decode_attention import decode_split_counts, decode_workspace_numel
 
 MAX_NUM_SEQS = 8
 # Mixed prompt lengths; different max_tokens make the decode batch shrink 5, 4, 3, 2, 1,
@@ -124,21 +124,28 @@ class FakeGraph:
     was captured for, into the graphs' logits, as the real graph's kernels would."""
 
     def __init__(self):
-        self.graphs, self.bucket, self.replays = None, None, 0
+        self.graphs, self.bucket, self.num_splits, self.replays = None, None, None, 0
 
     def replay(self):
         self.replays += 1
         with torch.inference_mode():
-            self.graphs.forward(self.bucket, out=self.graphs.logits[: self.bucket],
+            self.graphs.forward(self.bucket, self.num_splits, out=self.graphs.logits[: self.bucket],
                                 argmax=self.bucket in self.graphs.argmax_buckets)
 
 
-def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
-    """capture() with the CUDA graph API faked: buckets, per-bucket splits, the shared
+def test_capture_and_replay_wiring_on_cpu(tiny_checkpoint, monkeypatch):
+    """capture() with the CUDA graph API faked: buckets, per-bucket split counts, the shared
     workspace, counters and logits, capture order and all-padding capture inputs; then every
-    decode step of a generation replays a "graph", and the tokens are those of eager decoding."""
+    decode step of a generation replays a "graph" (the one for its longest context), and the
+    tokens are those of eager decoding."""
+    # A capacity of 1,024 tokens: batch 1 gets graphs with 8 and 16 attention splits, and a
+    # 600-token prompt runs the 16-split graph until it finishes.
+    llm = LLM(str(tiny_checkpoint), dtype="float32", device="cpu", max_model_len=1024, max_num_seqs=MAX_NUM_SEQS,
+              progress=False)
+    prompts = [*PROMPTS, [2000 + i for i in range(600)]]
+    params = [*PARAMS, SamplingParams(temperature=0, max_tokens=3, ignore_eos=True)]
     runner, cfg = llm.engine.runner, llm.engine.runner.cfg
-    want = [o.token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
+    want = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     k_cache = llm.engine.model.model.layers[0].self_attn.attn.k_cache
     k_before = k_cache.clone()
     graphs = DecodeGraphs(runner.model, cfg, runner.inputs, runner.block_size, runner.max_blocks_per_seq,
@@ -146,18 +153,18 @@ def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
     forwards = []
     forward = graphs.forward
 
-    def recording_forward(num_rows, out=None, argmax=False):
-        forwards.append(num_rows)
+    def recording_forward(num_rows, num_splits, out=None, argmax=False):
+        forwards.append((num_rows, num_splits))
         assert out is not None and out.data_ptr() == graphs.logits.data_ptr()  # the LM head writes in place
         assert argmax == (num_rows <= MAX_ARGMAX_IN_GRAPH)
-        return forward(num_rows, out=out, argmax=argmax)
+        return forward(num_rows, num_splits, out=out, argmax=argmax)
 
     @contextlib.contextmanager
     def fake_capture(graph, pool=None):
         inputs = runner.inputs
         assert inputs.decode_slots.eq(-1).all() and inputs.decode_context_lens.eq(0).all()  # all padding
         yield
-        graph.graphs, graph.bucket = graphs, forwards[-1]
+        graph.graphs, (graph.bucket, graph.num_splits) = graphs, forwards[-1]
 
     graphs.forward = recording_forward
     with monkeypatch.context() as m:
@@ -169,19 +176,24 @@ def test_capture_and_replay_wiring_on_cpu(llm, monkeypatch):
         graphs.capture(MAX_NUM_SEQS)
     del graphs.forward
     buckets = decode_graph_buckets(MAX_NUM_SEQS)
-    assert graphs.buckets == buckets and sorted(graphs.graphs) == buckets
-    assert forwards == [b for b in reversed(buckets) for _ in range(2)]  # largest first; warm-up, capture
-    assert all(g.bucket == b for b, g in graphs.graphs.items())
-    assert graphs.num_splits == {
-        b: decode_num_splits(b, cfg.num_key_value_heads, runner.max_blocks_per_seq, runner.block_size)
+    assert graphs.buckets == buckets and graphs.captured_buckets == buckets
+    assert graphs.split_counts == {
+        b: decode_split_counts(b, cfg.num_key_value_heads, runner.max_blocks_per_seq, runner.block_size)
         for b in buckets}
+    assert graphs.split_counts[1] == graphs.split_counts[8] == [8, 16]  # 2 kv heads: up to 32 splits wanted
+    # Largest first, each split count of a bucket (most first); warm-up, then capture.
+    assert forwards == [(b, n) for b in reversed(buckets) for n in reversed(graphs.split_counts[b]) for _ in range(2)]
+    assert all((g.bucket, g.num_splits) == key for key, g in graphs.graphs.items())
     assert graphs.workspace.numel() == max(
-        decode_workspace_numel(b, cfg.num_attention_heads, cfg.head_dim, graphs.num_splits[b]) for b in buckets)
+        decode_workspace_numel(b, cfg.num_attention_heads, cfg.head_dim, max(graphs.split_counts[b]))
+        for b in buckets)
     assert graphs.counters.shape == (MAX_NUM_SEQS * cfg.num_key_value_heads,) and graphs.counters.eq(0).all()
     assert graphs.logits.shape == (MAX_NUM_SEQS, cfg.vocab_size) and graphs.logits.dtype == runner.model.logits_dtype
     assert torch.equal(k_cache, k_before)  # capture wrote no K/V
 
     monkeypatch.setattr(runner, "cuda_graphs", graphs)
-    got = [o.token_ids for o in llm.generate(PROMPTS, PARAMS, use_tqdm=False)]
+    got = [o.token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
     assert got == want
-    assert {b for b, g in graphs.graphs.items() if g.replays} >= {1, 2, 4, 8}
+    assert {key for key, g in graphs.graphs.items() if g.replays} >= {(1, 8), (2, 8), (4, 8), (8, 16)}
+    # The graph by the longest context: 8 splits up to 512 tokens, then 16
+    assert [graphs.graph_for(1, n) for n in (1, 512, 513, 1024)] == [graphs.graphs[1, 8]] * 2 + [graphs.graphs[1, 16]] * 2

@@ -58,6 +58,17 @@ def test_prepare_prefill_chunks_and_decode_rows():
     assert meta.cu_seqlens_q.tolist() == [0, 6, 11, 12]
     assert meta.block_tables.tolist() == [[5, 9, 0], [2, 4, 8], [1, 6, 0]]
     assert last_rows == [5, 10, 11]
+    assert meta.num_decode_rows == 0  # the one-token row is not a leading one
+
+
+def test_prepare_prefill_counts_the_leading_one_token_rows():
+    # The scheduler puts decode rows first: those go through the decode kernel.
+    inputs = make_inputs()
+    seqs = [make_seq(7, [1, 6], cached=6), make_seq(4, [3], cached=3), make_seq(6, [5, 9]), make_seq(9, [2, 4, 7], cached=8)]
+    _, _, meta, _ = inputs.prepare_prefill(seqs, [1, 1, 6, 1])
+    assert meta.num_decode_rows == 2
+    _, _, meta, _ = inputs.prepare_prefill(seqs[:2], [1, 1])
+    assert meta.num_decode_rows == 2
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])

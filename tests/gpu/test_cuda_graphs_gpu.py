@@ -40,8 +40,8 @@ def model_dir(tmp_path_factory) -> Path:
 
 def make_llm(folder: Path, dtype: str, **kwargs) -> LLM:
     kwargs.setdefault("max_num_seqs", MAX_NUM_SEQS)
-    return LLM(str(folder), dtype=dtype, device="cuda", load_format="dummy", seed=0, max_model_len=512,
-               progress=False, **kwargs)
+    kwargs.setdefault("max_model_len", 512)
+    return LLM(str(folder), dtype=dtype, device="cuda", load_format="dummy", seed=0, progress=False, **kwargs)
 
 
 def prompts(batch_size: int) -> list[list[int]]:
@@ -69,7 +69,7 @@ def test_graph_decode_matches_eager(model_dir, dtype):
 
     llm = make_llm(model_dir, dtype)
     runner = llm.engine.runner
-    assert sorted(runner.cuda_graphs.graphs) == [1, 2, 4, 8, 16, 24, 32]
+    assert runner.cuda_graphs.captured_buckets == [1, 2, 4, 8, 16, 24, 32]
     replayed = []
     run_padded = runner._run_decode_padded
 
@@ -132,7 +132,7 @@ def test_graph_decode_with_pdl_matches_without(model_dir, monkeypatch):
         if not pdl:
             monkeypatch.setenv("EMBER_DISABLE_PDL", "1")
         llm = make_llm(model_dir, "bfloat16")
-        assert sorted(llm.engine.runner.cuda_graphs.graphs) == [1, 2, 4, 8, 16, 24, 32]
+        assert llm.engine.runner.cuda_graphs.captured_buckets == [1, 2, 4, 8, 16, 24, 32]
         got[pdl] = generate_all(llm)
         del llm
         free_gpu()
@@ -169,7 +169,7 @@ def test_graph_decode_with_mixed_sampling_matches_eager(model_dir):
     free_gpu()
     llm = make_llm(model_dir, "bfloat16", max_num_seqs=48)
     graphs = llm.engine.runner.cuda_graphs
-    assert sorted(graphs.graphs) == [1, 2, 4, 8, 16, 24, 32, 48] and 8 in graphs.argmax_buckets
+    assert graphs.captured_buckets == [1, 2, 4, 8, 16, 24, 32, 48] and 8 in graphs.argmax_buckets
     assert 48 not in graphs.argmax_buckets
     got = run(llm)
     del llm
@@ -179,3 +179,32 @@ def test_graph_decode_with_mixed_sampling_matches_eager(model_dir):
         f.write(json.dumps(dict(test="cuda_graph_vs_eager_mixed_sampling", identical_seqs=same)) + "\n")
     for b in got:
         assert got[b] == want[b], f"batch {b}: {same[b]}/{b} sequences identical"
+
+
+def test_graphs_per_split_count_match_eager(model_dir):
+    """A capacity of 2,048 tokens gives batch 1 graphs with 8, 16 and 32 attention splits, picked by
+    the longest context: sequences that grow past 512 and 1,024 tokens switch graphs mid-generation
+    and must still give eager decoding's greedy tokens (eager picks the same split counts)."""
+    params = SamplingParams(temperature=0, max_tokens=40, ignore_eos=True)
+    batches = [[[1000 + 13 * j % 90_000 for j in range(n)] for n in lens] for lens in ([490], [1000], [20, 1000])]
+
+    def run(llm):
+        return [[o.token_ids for o in llm.generate(b, params, use_tqdm=False)] for b in batches]
+
+    want = run(make_llm(model_dir, "bfloat16", enforce_eager=True, max_model_len=2048))
+    free_gpu()
+    llm = make_llm(model_dir, "bfloat16", max_model_len=2048)
+    graphs = llm.engine.runner.cuda_graphs
+    assert graphs.split_counts[1] == [8, 16, 32] and graphs.split_counts[2] == [8, 16, 32]
+    replayed = []
+    replay_for = graphs.run_bucket
+    graphs.run_bucket = lambda bucket, n, longest: replayed.append((bucket, graphs.num_splits(bucket, longest))) \
+        or replay_for(bucket, n, longest)
+    got = run(llm)
+    del llm
+    free_gpu()
+    with REPORT.open("a") as f:
+        f.write(json.dumps(dict(test="cuda_graphs_per_split_count_vs_eager",
+                                identical=[g == w for g, w in zip(got, want)], replayed=sorted(set(replayed)))) + "\n")
+    assert {(1, 8), (1, 16), (1, 32), (2, 16), (2, 32)} <= set(replayed)
+    assert got == want

@@ -51,6 +51,21 @@ def test_kernel_accepts_strided_q():
                  torch.float16)
 
 
+@pytest.mark.parametrize("impl", [paged_prefill_attention_triton, paged_prefill_attention_reference])
+def test_prefill_of_later_sequences_into_out(impl):
+    # A mixed step attends its leading one-token rows with the decode kernel and the rest here,
+    # from sequence first_seq on; the rows of the sequences before it stay as they were in out.
+    (q, k_cache, v_cache, cu, ctx, tables, scale, max_q), _ = make_prefill(
+        [1, 1, 1, 9, 20], [30, 7, 12, 9, 41], 4, 2, 32, torch.float32, block_size=8, seed=23)
+    full = paged_prefill_attention_reference(q, k_cache, v_cache, cu, ctx, tables, scale, max_q)
+    for first_seq in (2, 3, 4):
+        out = torch.full_like(q, 7.0)
+        assert impl(q, k_cache, v_cache, cu, ctx, tables, scale, max_q, out=out, first_seq=first_seq) is out
+        rows = int(cu[first_seq])  # the token rows of the sequences before first_seq
+        assert (out[:rows] == 7.0).all()
+        assert_close(out[rows:], full[rows:], torch.float32)
+
+
 def test_dispatch_uses_reference_on_cpu_tensors():
     if HAS_CUDA:
         pytest.skip("CPU-only dispatch check")
@@ -60,8 +75,10 @@ def test_dispatch_uses_reference_on_cpu_tensors():
 
 def test_kernel_does_not_specialise_on_the_block_table_width():
     # The width changes between eager steps; a specialisation on it (== 1, % 16) compiled a new
-    # kernel variant in the middle of the throughput benchmark, costing ~1 s there.
+    # kernel variant in the middle of the throughput benchmark, costing ~1 s there. The first
+    # sequence after a mixed step's decode rows likewise.
     assert_not_specialised(attention._prefill_kernel, "stride_bt_seq")
+    assert_not_specialised(attention._prefill_kernel, "first_seq")
 
 
 # ---------------------------------------------------------------- realistic shapes on a GPU

@@ -21,6 +21,7 @@ from ember.ops import decode_attention
 from ember.ops.decode_attention import (
     decode_merge_mode,
     decode_num_splits,
+    decode_split_counts,
     norm_rope_decode_attention,
     norm_rope_decode_attention_reference,
     norm_rope_decode_attention_triton,
@@ -72,6 +73,16 @@ def test_decode_kernel_preallocated_workspace_and_empty_sequence(num_splits):
     assert_close(out, paged_decode_attention_reference(*args), torch.float32)
     assert (out[0] == 0).all()
     assert (counters == 0).all()
+
+
+@pytest.mark.parametrize("impl", [paged_decode_attention_triton, paged_decode_attention_reference])
+def test_decode_into_leading_rows_of_out(impl):
+    # A mixed step writes its decode rows' output into the first rows of the step's output.
+    args, _ = make_decode([9, 70], 4, 2, 32, torch.float32, block_size=8, seed=29)
+    step_out = torch.full((5, 4, 32), 7.0, device=args[0].device)
+    assert impl(*args, num_splits=2, out=step_out[:2]).data_ptr() == step_out.data_ptr()
+    assert_close(step_out[:2], paged_decode_attention_reference(*args), torch.float32)
+    assert (step_out[2:] == 7.0).all()
 
 
 @pytest.mark.parametrize("num_splits", [1, 4, 16])
@@ -152,6 +163,21 @@ def test_split_heuristic_uses_shapes_only():
     assert decode_num_splits(64, 8, 512, 16) == 1  # big batch: already enough programs
     assert decode_num_splits(1, 8, 4, 16) == 1  # tiny capacity: nothing to split
     assert decode_num_splits(1, 1, 10**6, 16) == decode_attention.DECODE_MAX_SPLITS
+
+
+def test_splits_fitted_to_the_longest_context():
+    # No more splits than the longest row fills with whole tiles (a power of two, at least 8):
+    # capacity 8,192 tokens at batch 1 would give 64 splits, 62 of them empty at 128 tokens.
+    fitted = [decode_num_splits(1, 8, 512, 16, n) for n in (0, 1, 128, 512, 513, 1024, 2048, 4096, 8192)]
+    assert fitted == [8, 8, 8, 8, 16, 16, 32, 64, 64]
+    assert decode_num_splits(1, 8, 512, 16, 10**6) == 64  # never more than without the length
+    assert decode_num_splits(32, 8, 512, 16, 100) == 2  # big batches: unchanged
+    assert decode_num_splits(1, 8, 4, 16, 60) == 1  # tiny capacity: still one
+    assert decode_split_counts(1, 8, 512, 16) == [8, 16, 32, 64]
+    assert decode_split_counts(4, 8, 512, 16) == [8, 16]
+    assert decode_split_counts(8, 8, 512, 16) == [8]
+    assert decode_split_counts(1, 8, 4, 16) == [1]
+    assert decode_split_counts(1, 8, 40, 16) == [8, 10]  # capacity 640 tokens: 10 splits at most
 
 
 def test_dispatch_uses_reference_on_cpu_tensors():

@@ -31,6 +31,9 @@ from ember.ops.linear import (
     linear_silu_mul_reference,
     linear_silu_mul_triton,
     linear_triton,
+    lm_head,
+    lm_head_reference,
+    lm_head_triton,
     rms_norm_linear,
     rms_norm_linear_reference,
     rms_norm_linear_triton,
@@ -279,6 +282,32 @@ def test_dispatch_policy(monkeypatch):
     assert torch.equal(linear(x, w), linear_reference(x, w))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_lm_head_kernel_into_out(dtype):
+    # The decode graph's LM head writes into the graph's fixed logits buffer.
+    x, w = make((1, 200), dtype), make((72, 200), dtype, scale=0.1, seed=1)
+    logits = torch.full((4, 72), 5.0, dtype=dtype, device=DEVICE)
+    out = lm_head_triton(x, w, out=logits[:1], config=CONFIGS["dot"])
+    assert out.data_ptr() == logits.data_ptr() and (logits[1:] == 5.0).all()
+    assert_gemm_close(logits[:1], lm_head_reference(x, w))
+    assert torch.equal(lm_head_reference(x, w, out=torch.empty_like(logits[:1])), lm_head_reference(x, w))
+
+
+def test_lm_head_dispatch_runs_only_measured_shapes(monkeypatch):
+    """The kernel only for an "lm_head" table entry of the shape and M bucket; never the heuristic."""
+    launches = []
+    monkeypatch.setattr(skinny, "use_triton", lambda t: True)
+    monkeypatch.setattr(skinny, "_launch", lambda *args, **kw: launches.append((args[0].shape, kw["out"])) or "kernel")
+    w = make((72, 200), torch.bfloat16, seed=1)
+    x1, x2 = make((1, 200), torch.bfloat16), make((2, 200), torch.bfloat16)
+    assert torch.equal(lm_head(x1, w), lm_head_reference(x1, w))  # no entry: cuBLAS, not the heuristic
+    monkeypatch.setitem(skinny.SKINNY_TABLE, ("lm_head", 72, 200, 1), (16, 64, 1, 4, 2, True))
+    out = torch.empty(1, 72, dtype=torch.bfloat16, device=DEVICE)
+    assert lm_head(x1, w, out=out) == "kernel" and launches == [((1, 200), out)]
+    assert torch.equal(lm_head(x2, w), lm_head_reference(x2, w))  # M bucket 2 has no entry
+    assert torch.equal(lm_head(x1.float(), w.float()), lm_head_reference(x1.float(), w.float()))  # fp32: cuBLAS
+
+
 # ------------------------------------------------------------------------------------------ GPU
 GPU_SHAPES = [(4096, 1024), (1024, 3072), (1024, 2048), (6144, 4096), (4096, 4096)]
 
@@ -361,3 +390,14 @@ def test_gpu_cuda_graph_capture(config):
         assert_gemm_close(hidden, ref_stream.hidden)
         ref_act, _ = rms_norm_linear_reference(ref_stream, norm_w, 1e-6, w_gate_up, silu_mul=True, norm_folded=True)
         assert_gemm_close(act, ref_act, 4.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("k", [1024, 4096])  # Qwen3-0.6B and -8B against the 151,936-token vocabulary
+def test_gpu_lm_head_real_shapes(k):
+    x, w = make((1, k), torch.bfloat16, "cuda"), make((151936, k), torch.bfloat16, "cuda", scale=0.02, seed=1)
+    assert skinny.lm_head_config(x, w) is not None  # the table's entry runs
+    out = torch.empty(2, 151936, dtype=torch.bfloat16, device="cuda")
+    lm_head(x, w, out=out[:1])
+    assert_gemm_close(out[:1], lm_head_reference(x, w))

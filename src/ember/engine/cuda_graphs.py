@@ -6,6 +6,11 @@ logits buffer, is captured once at start-up and replayed. A batch runs padded to
 bucket that holds it; the graphs read their inputs from the fixed decode buffers of
 ``StepInputs``.
 
+Small buckets get a graph per decode-attention split count: the splits are fitted to the batch's
+longest context (``ops.decode_attention.decode_num_splits``), since at batch 1 the 56-62 empty
+split programs of a short context under the capacity's 64 splits cost 15-45 us per step, and
+the host, which knows the lengths, picks the graph.
+
 Graphs of small buckets also take the greedy argmax into the decode token buffer, where the
 sampler keeps it for greedy rows and the next step reads it, and into the pinned host staging,
 where the host reads it: at batch 1 every operation left outside the graph costs a few
@@ -23,7 +28,7 @@ from ember.config import ModelConfig
 from ember.engine.step_inputs import StepInputs
 from ember.layers.attention import AttentionMetadata
 from ember.ops.argmax import argmax_rows
-from ember.ops.decode_attention import decode_num_splits, decode_workspace_numel
+from ember.ops.decode_attention import decode_num_splits, decode_split_counts, decode_workspace_numel
 
 # Decode batch sizes that get a CUDA graph: the small ones close together, then steps of 16.
 _SMALL_BUCKETS = (1, 2, 4, 8, 16, 24, 32)
@@ -64,26 +69,40 @@ class DecodeGraphs:
         # graph in graphs, else eagerly. Both stay empty until capture() (so on CPU, and with
         # enforce_eager).
         self.buckets: list[int] = []
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self.num_splits: dict[int, int] = {}  # decode attention splits at each bucket
+        self.graphs: dict[tuple[int, int], torch.cuda.CUDAGraph] = {}  # by (bucket, attention splits)
+        self.split_counts: dict[int, list[int]] = {}  # each bucket's decode attention split counts
         self.workspace: torch.Tensor | None = None  # decode attention scratch, all buckets
         self.counters: torch.Tensor | None = None  # its zeroed int32 arrival counters, all buckets
         self.logits: torch.Tensor | None = None  # [largest bucket, vocab], model dtype: graphs' output
         self.argmax_buckets: set[int] = set()  # graphs that also write the greedy tokens
 
-    def forward(self, num_rows: int, out: torch.Tensor | None = None, argmax: bool = False) -> torch.Tensor:
+    def num_splits(self, num_rows: int, longest_context: int) -> int:
+        """The decode attention's split count for ``num_rows`` rows whose longest context is given."""
+        return decode_num_splits(num_rows, self.cfg.num_key_value_heads, self.max_blocks_per_seq, self.block_size,
+                                 longest_context)
+
+    def graph_for(self, bucket: int, longest_context: int) -> torch.cuda.CUDAGraph | None:
+        """The captured graph a batch of ``bucket`` rows replays (None: it runs eagerly)."""
+        return self.graphs.get((bucket, self.num_splits(bucket, longest_context)))
+
+    @property
+    def captured_buckets(self) -> list[int]:
+        return sorted({bucket for bucket, _ in self.graphs})
+
+    def forward(self, num_rows: int, num_splits: int, out: torch.Tensor | None = None,
+                argmax: bool = False) -> torch.Tensor:
         """Logits (model dtype) of the first ``num_rows`` rows of the decode buffers, into ``out``
         if given: the body of a decode graph. Buckets use the preallocated attention workspace.
         ``argmax``: also write each row's argmax over the logits into the decode token buffer."""
         inputs = self.inputs
-        num_splits = self.num_splits.get(num_rows)
+        scratch = num_rows in self.split_counts  # a bucket: the shared workspace holds its splits
         meta = AttentionMetadata(
             is_prefill=False,
             slot_mapping=inputs.decode_slots[:num_rows],
             context_lens=inputs.decode_context_lens[:num_rows],
             block_tables=inputs.decode_block_tables[:num_rows],
-            decode_workspace=self.workspace if num_splits is not None else None,
-            decode_counters=self.counters if num_splits is not None else None,
+            decode_workspace=self.workspace if scratch else None,
+            decode_counters=self.counters if scratch else None,
             decode_num_splits=num_splits,
         )
         hidden = self.model(inputs.decode_input_ids[:num_rows], inputs.decode_positions[:num_rows], meta)
@@ -96,13 +115,14 @@ class DecodeGraphs:
                         host_out=(inputs.staging.tokens_both, inputs.decode.token_offset))
         return logits
 
-    def run_bucket(self, bucket: int, num_seqs: int) -> tuple[torch.Tensor, bool]:
+    def run_bucket(self, bucket: int, num_seqs: int, longest_context: int) -> tuple[torch.Tensor, bool]:
         """Logits [num_seqs, vocab] (model dtype) of a decode batch filled in as ``bucket`` rows:
-        by replaying the bucket's graph, or eagerly when it has none. Padding rows are dropped.
-        Also whether the greedy argmax is already in the decode token buffer."""
-        graph = self.graphs.get(bucket)
+        by replaying the bucket's graph for its split count, or eagerly when it has none. Padding
+        rows are dropped. Also whether the greedy argmax is already in the decode token buffer."""
+        num_splits = self.num_splits(bucket, longest_context)
+        graph = self.graphs.get((bucket, num_splits))
         if graph is None:
-            return self.forward(bucket)[:num_seqs], False
+            return self.forward(bucket, num_splits)[:num_seqs], False
         graph.replay()
         return self.logits[:num_seqs], bucket in self.argmax_buckets
 
@@ -111,21 +131,22 @@ class DecodeGraphs:
         """Capture one CUDA graph per bucket of ``decode_graph_buckets(max_num_seqs)``.
 
         Each covers the decode forward, its LM head writing into ``logits`` (and, up to
-        MAX_ARGMAX_IN_GRAPH rows, the greedy argmax into the decode token buffer); the
-        attention splits are fixed per bucket and share one preallocated workspace, so a
-        replay allocates nothing. Graphs share one memory pool, largest captured first so the
-        smaller ones fit in what it already holds (replays never overlap).
+        MAX_ARGMAX_IN_GRAPH rows, the greedy argmax into the decode token buffer); a bucket gets
+        one graph per attention split count it can run with (``decode_split_counts``), all
+        sharing one preallocated workspace, so a replay allocates nothing. Graphs share one memory
+        pool, largest captured first so the smaller ones fit in what it already holds (replays
+        never overlap).
         """
         if len({p.device for p in self.model.parameters()}) > 1:
             return  # layers on several GPUs: one graph cannot follow them yet, so stay eager
         cfg = self.cfg
         buckets = decode_graph_buckets(max_num_seqs)
-        self.num_splits = {
-            b: decode_num_splits(b, cfg.num_key_value_heads, self.max_blocks_per_seq, self.block_size)
+        self.split_counts = {
+            b: decode_split_counts(b, cfg.num_key_value_heads, self.max_blocks_per_seq, self.block_size)
             for b in buckets
         }
         numel = max(
-            decode_workspace_numel(b, cfg.num_attention_heads, cfg.head_dim, self.num_splits[b])
+            decode_workspace_numel(b, cfg.num_attention_heads, cfg.head_dim, max(self.split_counts[b]))
             for b in buckets
         )
         self.workspace = torch.empty(numel, dtype=torch.float32, device=self.device)
@@ -142,14 +163,15 @@ class DecodeGraphs:
         pool = torch.cuda.graph_pool_handle()
         with torch.cuda.device(self.device):
             for b in reversed(buckets):
-                # Warm-up outside the capture: Triton compiles this bucket's kernels, cuBLAS
-                # sets up its handle and workspace.
                 argmax = b <= MAX_ARGMAX_IN_GRAPH
-                self.forward(b, out=self.logits[:b], argmax=argmax)
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self.forward(b, out=self.logits[:b], argmax=argmax)
-                self.graphs[b] = graph
+                for num_splits in reversed(self.split_counts[b]):
+                    # Warm-up outside the capture: Triton compiles this bucket's kernels, cuBLAS
+                    # sets up its handle and workspace.
+                    self.forward(b, num_splits, out=self.logits[:b], argmax=argmax)
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=pool):
+                        self.forward(b, num_splits, out=self.logits[:b], argmax=argmax)
+                    self.graphs[b, num_splits] = graph
                 if argmax:
                     self.argmax_buckets.add(b)
             torch.cuda.synchronize()

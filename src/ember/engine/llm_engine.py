@@ -20,6 +20,7 @@ from ember.engine.block_manager import BlockManager
 from ember.engine.kv_cache import allocate_kv_cache, num_kv_blocks
 from ember.engine.model_runner import ModelRunner
 from ember.engine.scheduler import Scheduler
+from ember.layers.attention import MIXED_STEP_DECODE_KERNEL_MIN_ROWS
 from ember.engine.sequence import Sequence
 from ember.errors import ContextLengthError, EmberError, InvalidRequestError
 from ember.loader.model_path import resolve_model_path
@@ -160,15 +161,26 @@ class LLMEngine:
         n = min(40, self.args.max_num_seqs)
         waves = [2 if i < n - 32 else 3 if i < max(n - 16, n // 2) else 4 for i in range(n)]
         self._warm_up_batch([replace(kinds[i % 3], max_tokens=t) for i, t in enumerate(waves)], vocab)
+        # A prompt arriving while enough rows decode that the mixed step sends them through the
+        # decode kernel (its one-split variant: not one a decode graph uses).
+        rows = MIXED_STEP_DECODE_KERNEL_MIN_ROWS
+        if self.args.max_num_seqs > rows and self.scheduler.max_num_batched_tokens > rows + 8:
+            self._warm_up_batch([replace(kinds[0], max_tokens=4)] * rows, vocab, late=[kinds[1]])
         self.block_manager.reset_prefix_cache()
         self.scheduler.num_preemptions = preemptions
 
-    def _warm_up_batch(self, params: list[SamplingParams], vocab: int) -> None:
-        """Run one request per entry of ``params`` to the end (prompts of 1, 8, 15, ... tokens), then
-        drop every trace of them."""
-        seqs = [self.add_request([(97 * i + 13 * j) % (vocab - 1) + 1
-                                  for j in range(max(1, min(1 + 7 * i, self.max_model_len - 4)))], p)
-                for i, p in enumerate(params)]
+    def _warm_up_batch(self, params: list[SamplingParams], vocab: int, late: list[SamplingParams] = ()) -> None:
+        """Run one request per entry of ``params`` (then of ``late``, added after the first step) to
+        the end (prompts of 1, 8, 15, ... tokens), then drop every trace of them."""
+        def add(i, p, salt=0):
+            return self.add_request([(97 * i + 13 * j + salt) % (vocab - 1) + 1
+                                     for j in range(max(1, min(1 + 7 * i, self.max_model_len - 4)))], p)
+
+        seqs = [add(i, p) for i, p in enumerate(params)]
+        self.step()
+        # Prompts of several tokens that no earlier warm-up prompt shares a prefix with: a prompt
+        # with one token left to compute would make a pure decode batch with the rest.
+        seqs += [add(len(params) + i, p, salt=1) for i, p in enumerate(late)]
         while self.has_unfinished():
             self.step()
         for s in seqs:

@@ -15,8 +15,9 @@ The runner orchestrates; the parts live beside it:
   smallest bucket that holds it (``enforce_eager`` turns this off).
 - ``sampler`` (and ``sampler_inputs``, its per-row parameters): penalties, sampling, logprobs.
 
-A step with any prompt chunk runs the whole batch, decode rows included (one query over their
-cached context), through the prefill path; the LM head runs only on rows that yield a token.
+A step with any prompt chunk runs the whole batch through the prefill path, its decode rows (one
+query over their cached context) attended by the decode kernel; the LM head runs only on rows
+that yield a token.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ class ModelRunner:
         the bucket's graph, or eagerly when it has none. Padding rows' logits are dropped. Also
         whether the graph already wrote the greedy tokens."""
         self.inputs.prepare_decode(seqs, num_rows=bucket)
-        return self.cuda_graphs.run_bucket(bucket, len(seqs))
+        return self.cuda_graphs.run_bucket(bucket, len(seqs), max(map(len, seqs)))
 
     def decode_logits(self, seqs: list[Sequence]) -> tuple[torch.Tensor, bool]:
         """Logits [len(seqs), vocab] (model dtype) for one decode token per sequence, and whether
@@ -80,7 +81,8 @@ class ModelRunner:
         if bucket is not None:
             return self._run_decode_padded(seqs, bucket)
         self.inputs.prepare_decode(seqs)  # no buckets (CPU, enforce_eager) or past the largest one
-        return self.cuda_graphs.forward(len(seqs)), False
+        graphs = self.cuda_graphs
+        return graphs.forward(len(seqs), graphs.num_splits(len(seqs), max(map(len, seqs)))), False
 
     # ----- one step --------------------------------------------------------------------------
     @torch.inference_mode()

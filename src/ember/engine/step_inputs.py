@@ -127,6 +127,8 @@ class StepInputs:
             block_tables=self.np_to_device(tables),
             cu_seqlens_q=self.to_device(cu, torch.int32),
             max_seqlen_q=max(num_new_tokens),
+            # The scheduler puts decode rows first: these go through the decode kernel.
+            num_decode_rows=next((i for i, n in enumerate(num_new_tokens) if n != 1), len(seqs)),
         )
         last_rows = [c - 1 for c in cu[1:]]
         input_ids = self.to_device(ids, torch.int64)

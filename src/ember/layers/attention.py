@@ -1,9 +1,13 @@
 """Causal self-attention over the paged KV cache.
 
 Every forward writes the new tokens' K/V into the cache first, then attends from the cache,
-so prefill, decode and (later) chunked prefill and prefix caching share one data path. At decode
-one kernel does both (``norm_rope_decode_attention``): one launch per layer fewer on the
-latency-bound decode step.
+so prefill, decode, chunked prefill and prefix caching share one data path. At decode one kernel
+does both (``norm_rope_decode_attention``): one launch per layer fewer on the latency-bound
+decode step. A step that mixes decode rows with prompt chunks sends its decode rows (the leading
+one-token rows) through the decode kernel too: the prefill kernel would give each of them a
+64-row query tile per query head, reading its KV once per query head where the decode kernel
+reads it once per KV head. (With one split per row: a split count that followed the row count
+would compile a kernel variant per count in the middle of a workload.)
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from torch import nn
 from ember import ops
 from ember.ops.decode_attention import norm_rope_decode_attention
 
+# Decode rows of a mixed step take the decode kernel from this many on (one split each: the
+# programs are rows x KV heads, 128 and more at Qwen3's 8); fewer stay in the prefill kernel,
+# where they cost little.
+MIXED_STEP_DECODE_KERNEL_MIN_ROWS = 16
+
 
 @dataclass
 class AttentionMetadata:
@@ -23,8 +32,10 @@ class AttentionMetadata:
 
     ``slot_mapping[t]``: cache slot token t's K/V go to. ``context_lens[b]``: tokens of
     sequence b in the cache after this step. ``block_tables[b]``: its cache blocks.
-    Prefill also carries ``cu_seqlens_q`` (prefix sums of new tokens per sequence) and
-    ``max_seqlen_q``; decode has exactly one new token per sequence. Decode may bring a
+    Prefill also carries ``cu_seqlens_q`` (prefix sums of new tokens per sequence),
+    ``max_seqlen_q`` and ``num_decode_rows``: how many leading sequences bring exactly one token
+    (decode rows, or one-token chunks), which the decode kernel attends; decode has exactly one
+    new token per sequence. Decode may bring a
     preallocated ``decode_workspace``, zeroed int32 ``decode_counters`` and their
     ``decode_num_splits`` (see ``ops.decode_attention.decode_workspace_numel`` and
     ``decode_counters_numel``) so that a captured step allocates nothing.
@@ -39,6 +50,7 @@ class AttentionMetadata:
     decode_workspace: torch.Tensor | None = None
     decode_num_splits: int | None = None
     decode_counters: torch.Tensor | None = None
+    num_decode_rows: int = 0
 
     def to(self, device: torch.device) -> "AttentionMetadata":
         """The same metadata on another device (for layers placed on another GPU)."""
@@ -53,6 +65,7 @@ class AttentionMetadata:
             None,  # a workspace serves one device; on the next, the op allocates its own per call
             self.decode_num_splits,
             None,  # the counters likewise
+            self.num_decode_rows,
         )
 
 
@@ -93,9 +106,14 @@ class PagedAttention(nn.Module):
                 q, k, v, q_norm_weight, k_norm_weight, cos_sin, positions,
                 self.k_cache, self.v_cache, meta.slot_mapping, self.eps,
             )
-            out = ops.paged_prefill_attention(
-                q, self.k_cache, self.v_cache, meta.cu_seqlens_q, meta.context_lens,
-                meta.block_tables, self.scale, meta.max_seqlen_q,
+            out = torch.empty_like(q)
+            d = meta.num_decode_rows if meta.num_decode_rows >= MIXED_STEP_DECODE_KERNEL_MIN_ROWS else 0
+            if d:
+                ops.paged_decode_attention(q[:d], self.k_cache, self.v_cache, meta.block_tables[:d],
+                                           meta.context_lens[:d], self.scale, num_splits=1, out=out[:d])
+            ops.paged_prefill_attention(  # the rest: the prompt chunks
+                q, self.k_cache, self.v_cache, meta.cu_seqlens_q, meta.context_lens, meta.block_tables,
+                self.scale, meta.max_seqlen_q, out=out, first_seq=d,
             )
         else:  # the same two steps in one kernel
             out = norm_rope_decode_attention(

@@ -129,9 +129,7 @@ class Qwen3ForCausalLM(nn.Module):
         """Logits in the model's dtype, as HF's lm_head returns them (samplers upcast on read);
         into ``out`` (a [rows, vocab] buffer) when given."""
         weight = self.model.embed_tokens if self.lm_head is None else self.lm_head.weight
-        if out is not None:
-            return torch.mm(hidden.to(weight.device), weight.t(), out=out)
-        return torch.nn.functional.linear(hidden.to(weight.device), weight)
+        return ops.lm_head(hidden.to(weight.device), weight, out=out)
 
     # ----- weights -------------------------------------------------------------------------
     def checkpoint_name_map(self) -> dict[str, tuple[str, int | None]]:

@@ -15,7 +15,8 @@ sequence b (int32, unused entries may hold anything but are never read past ``co
 
 from ember.ops.activation import silu_mul
 from ember.ops.embedding import embedding
-from ember.ops.linear import ResidualStream, fold_norm_weight, linear, linear_add, linear_silu_mul, rms_norm_linear
+from ember.ops.linear import (ResidualStream, fold_norm_weight, linear, linear_add, linear_silu_mul, lm_head,
+                              rms_norm_linear)
 from ember.ops.norm import add_rms_norm, rms_norm
 from ember.ops.rope import qk_norm_rope_store_kv
 from ember.ops.attention import paged_prefill_attention
@@ -30,6 +31,7 @@ __all__ = [
     "linear",
     "linear_add",
     "linear_silu_mul",
+    "lm_head",
     "rms_norm_linear",
     "fold_norm_weight",
     "ResidualStream",

@@ -21,17 +21,26 @@ PREFILL_NUM_STAGES = 2
 
 
 # ---------------------------------------------------------------- prefill
+def _output(q: Tensor, out: Tensor | None) -> Tensor:
+    if out is None:
+        return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    assert out.shape == q.shape and out.dtype == q.dtype and out.stride(2) == 1, (out.shape, out.dtype)
+    return out
+
+
 # The block table's row stride is its width, which changes from step to step (the longest
 # sequence's block count in eager steps): specialising on it (== 1, % 16) compiled new variants
 # in the middle of a workload, ~1 s each (benchmarks/NOTES.md, session 4).
-@triton.jit(do_not_specialize=["stride_bt_seq"])
+# first_seq likewise: a mixed step starts at its first prompt chunk, after any number of decode rows
+# (slicing the per-sequence tensors there instead compiled a variant per pointer alignment).
+@triton.jit(do_not_specialize=["stride_bt_seq", "first_seq"])
 def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, context_lens_ptr,
                     block_tables_ptr, qk_scale, stride_q_tok, stride_q_head, stride_out_tok, stride_out_head,
-                    stride_kv_block, stride_kv_offset, stride_kv_head, stride_bt_seq,
+                    stride_kv_block, stride_kv_offset, stride_kv_head, stride_bt_seq, first_seq,
                     GROUP: tl.constexpr, BLOCK_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, UPCAST_DOT: tl.constexpr):
     q_block = tl.program_id(0)
-    seq = tl.program_id(1)
+    seq = tl.program_id(1) + first_seq
     head = tl.program_id(2)
     q_start = tl.load(cu_seqlens_q_ptr + seq)
     q_len = tl.load(cu_seqlens_q_ptr + seq + 1) - q_start
@@ -77,18 +86,18 @@ def _prefill_kernel(q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, cu_seqlens_q_ptr, 
 
 def paged_prefill_attention_triton(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, cu_seqlens_q: Tensor, context_lens: Tensor,
-    block_tables: Tensor, scale: float, max_seqlen_q: int,
+    block_tables: Tensor, scale: float, max_seqlen_q: int, out: Tensor | None = None, first_seq: int = 0,
 ) -> Tensor:
     group, block_size, head_dim, upcast_dot = check_inputs(q, k_cache, v_cache, block_tables)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    num_seqs = cu_seqlens_q.shape[0] - 1
-    if num_seqs == 0 or max_seqlen_q == 0 or q.shape[0] == 0:
+    out = _output(q, out)
+    num_seqs = cu_seqlens_q.shape[0] - 1 - first_seq
+    if num_seqs <= 0 or max_seqlen_q == 0 or q.shape[0] == 0:
         return out
     grid = (triton.cdiv(max_seqlen_q, PREFILL_BLOCK_M), num_seqs, q.shape[1])
     _prefill_kernel[grid](
         q, k_cache, v_cache, out, cu_seqlens_q, context_lens, block_tables, scale * math.log2(math.e),
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0), first_seq,
         GROUP=group, BLOCK_SIZE=block_size, HEAD_DIM=head_dim, BLOCK_M=PREFILL_BLOCK_M,
         BLOCK_N=PREFILL_BLOCK_N, UPCAST_DOT=upcast_dot,
         num_warps=PREFILL_NUM_WARPS, num_stages=PREFILL_NUM_STAGES)
@@ -99,11 +108,13 @@ def paged_prefill_attention_triton(
 # ---------------------------------------------------------------- reference and dispatch
 def paged_prefill_attention_reference(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, cu_seqlens_q: Tensor, context_lens: Tensor,
-    block_tables: Tensor, scale: float, max_seqlen_q: int,
+    block_tables: Tensor, scale: float, max_seqlen_q: int, out: Tensor | None = None, first_seq: int = 0,
 ) -> Tensor:
-    out = torch.empty_like(q)
+    out = _output(q, out)
     cu = cu_seqlens_q.tolist()
     for seq, ctx_len in enumerate(context_lens.tolist()):
+        if seq < first_seq:
+            continue
         q_start, q_end = cu[seq], cu[seq + 1]
         if q_end == q_start:
             continue
@@ -116,8 +127,11 @@ def paged_prefill_attention_reference(
 
 def paged_prefill_attention(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, cu_seqlens_q: Tensor, context_lens: Tensor,
-    block_tables: Tensor, scale: float, max_seqlen_q: int,
+    block_tables: Tensor, scale: float, max_seqlen_q: int, out: Tensor | None = None, first_seq: int = 0,
 ) -> Tensor:
+    """Attention of the new tokens q [T, Hq, D] (``cu_seqlens_q``: each sequence's rows) over their
+    cache, for the sequences from ``first_seq`` on; into ``out`` (q's shape, head_dim contiguous)
+    when given, where the rows of the sequences before ``first_seq`` are left as they are."""
     impl = paged_prefill_attention_triton if use_triton(q) else paged_prefill_attention_reference
-    return impl(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, scale, max_seqlen_q)
+    return impl(q, k_cache, v_cache, cu_seqlens_q, context_lens, block_tables, scale, max_seqlen_q, out, first_seq)
 

@@ -43,6 +43,12 @@ DECODE_MAX_SPLITS = 64
 # on device each split gets at least this many keys. Coarser floors (128-512) measured slower at
 # every batch and length: fewer programs, each a longer chain of dependent tiles.
 DECODE_MIN_TOKENS_PER_SPLIT = 64
+# The fewest splits when they are fitted to the batch's longest context. Measured inside the
+# batch-1 decode graph on an H200 (results/2026-12-03-h200-s12-split-sweep/): at 128-512 tokens, 8
+# splits (2-8 of them non-empty) beat the capacity's 64 (2-8 non-empty, the other 56-62 programs
+# empty) by 14-32 us per step at 0.6B and 17-44 us at 8B, and beat 1, 2 and 4 splits (each split a
+# longer chain of tiles; 4 or fewer also means the in-kernel merge).
+DECODE_FITTED_MIN_SPLITS = 8
 # Where the partials are merged: "kernel" = by the last-arriving split program (one launch),
 # "launch" = a second kernel with one program per (sequence, query head). Measured on an H200
 # (results/2026-11-22-h200-decode-attention-sweep.txt): with many splits (batch 1-8) the last
@@ -61,15 +67,31 @@ def decode_merge_mode(num_splits: int) -> str:
 DECODE_MERGE_ELEMS = 4096
 
 
-def decode_num_splits(batch_size: int, num_kv_heads: int, max_blocks_per_seq: int, block_size: int) -> int:
+def decode_num_splits(batch_size: int, num_kv_heads: int, max_blocks_per_seq: int, block_size: int,
+                      longest_context: int | None = None) -> int:
     """Splits per (sequence, kv head) for decode, from shapes only (CUDA-graph safe).
 
-    Enough programs to fill the GPU, but no split shorter than DECODE_MIN_TOKENS_PER_SPLIT
-    of the block table's capacity; short sequences simply leave their tail splits empty.
+    Enough programs to fill the GPU, but no split shorter than DECODE_MIN_TOKENS_PER_SPLIT of the
+    block table's capacity; short sequences simply leave their tail splits empty. Given the
+    batch's ``longest_context``, also no more splits than it fills (rounded up to a power of two,
+    at least DECODE_FITTED_MIN_SPLITS): empty split programs are not free (see below), so a
+    CUDA graph per count is captured and the host picks one by the longest context.
     """
     wanted = triton.cdiv(DECODE_TARGET_PROGRAMS, batch_size * num_kv_heads)
     by_capacity = max_blocks_per_seq * block_size // DECODE_MIN_TOKENS_PER_SPLIT
-    return max(1, min(wanted, by_capacity, DECODE_MAX_SPLITS))
+    num_splits = max(1, min(wanted, by_capacity, DECODE_MAX_SPLITS))
+    if longest_context is not None:
+        fitted = triton.next_power_of_2(triton.cdiv(max(longest_context, 1), DECODE_MIN_TOKENS_PER_SPLIT))
+        num_splits = min(num_splits, max(fitted, DECODE_FITTED_MIN_SPLITS))
+    return num_splits
+
+
+def decode_split_counts(batch_size: int, num_kv_heads: int, max_blocks_per_seq: int, block_size: int) -> list[int]:
+    """Every count ``decode_num_splits`` gives for this batch size at any longest context, ascending."""
+    capacity = max_blocks_per_seq * block_size
+    lengths = [DECODE_MIN_TOKENS_PER_SPLIT << i for i in range(capacity.bit_length()) if
+               DECODE_MIN_TOKENS_PER_SPLIT << i < capacity] + [capacity]
+    return sorted({decode_num_splits(batch_size, num_kv_heads, max_blocks_per_seq, block_size, n) for n in lengths})
 
 
 def decode_workspace_numel(batch_size: int, num_q_heads: int, head_dim: int, num_splits: int) -> int:
@@ -339,15 +361,16 @@ def _decode_merge_kernel(out_ptr, partial_acc_ptr, partial_stats_ptr, context_le
 def paged_decode_attention_triton(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
     *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
-    min_tokens_per_split: int | None = None, merge: str | None = None,
+    min_tokens_per_split: int | None = None, merge: str | None = None, out: Tensor | None = None,
 ) -> Tensor:
     """Split-K decode. With num_splits > 1 it needs ``workspace`` (fp32, see
     decode_workspace_numel; contents irrelevant) and ``counters`` (int32, see decode_counters_numel;
     all zero on entry, and left all zero); either one left out is allocated per call.
     ``min_tokens_per_split`` and ``merge`` override DECODE_MIN_TOKENS_PER_SPLIT and
-    decode_merge_mode (for the tuning sweep)."""
+    decode_merge_mode (for the tuning sweep). ``out``: where the output goes (q's shape, rows
+    contiguous), else it is allocated."""
     return _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, None, workspace, num_splits,
-                             counters, min_tokens_per_split, merge)
+                             counters, min_tokens_per_split, merge, out)
 
 
 def norm_rope_decode_attention_triton(
@@ -369,17 +392,20 @@ def norm_rope_decode_attention_triton(
     norm_rope = (k, v, q_norm_weight.contiguous(), k_norm_weight.contiguous(), cos_sin, positions.contiguous(),
                  slot_mapping.contiguous(), eps)
     return _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, norm_rope, workspace, num_splits,
-                             counters, min_tokens_per_split, merge)
+                             counters, min_tokens_per_split, merge, None)
 
 
 def _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, norm_rope, workspace, num_splits,
-                      counters, min_tokens_per_split, merge) -> Tensor:
+                      counters, min_tokens_per_split, merge, out) -> Tensor:
     """The launches of both ops; ``norm_rope`` = (k, v, q_norm_weight, k_norm_weight, cos_sin, positions,
     slot_mapping, eps) for the fused one, else None."""
     group, block_size, head_dim, upcast_dot = check_inputs(q, k_cache, v_cache, block_tables)
     batch_size, num_q_heads, _ = q.shape
     num_kv_heads = k_cache.shape[2]
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    if out is None:
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    # The kernels address output rows as (sequence * Hq + head) * D.
+    assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous(), (out.shape, out.stride())
     if batch_size == 0:
         return out
     if num_splits is None:
@@ -457,8 +483,9 @@ def _decode_attention(q, k_cache, v_cache, block_tables, context_lens, scale, no
 def paged_decode_attention_reference(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
     *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
-    out = torch.empty_like(q)
+    out = torch.empty_like(q) if out is None else out
     for seq, ctx_len in enumerate(context_lens.tolist()):
         keys, values = gather_kv(k_cache, v_cache, block_tables[seq], ctx_len)
         q_pos = torch.tensor([ctx_len - 1], device=q.device)
@@ -470,10 +497,11 @@ def paged_decode_attention_reference(
 def paged_decode_attention(
     q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, context_lens: Tensor, scale: float,
     *, workspace: Tensor | None = None, num_splits: int | None = None, counters: Tensor | None = None,
+    out: Tensor | None = None,
 ) -> Tensor:
     impl = paged_decode_attention_triton if use_triton(q) else paged_decode_attention_reference
     return impl(q, k_cache, v_cache, block_tables, context_lens, scale, workspace=workspace, num_splits=num_splits,
-                counters=counters)
+                counters=counters, out=out)
 
 
 def norm_rope_decode_attention_reference(

@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+import triton
 
 from ember.ops.activation import silu_mul, silu_mul_reference
 from ember.ops.dispatch import use_triton
@@ -60,14 +61,18 @@ class ResidualStream(NamedTuple):
     row_stats: torch.Tensor | None = None
 
 
+def _eligible(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether the skinny kernel can run this product at all."""
+    return (use_triton(x) and x.dim() == 2 and x.is_contiguous() and 1 <= x.shape[0] <= SKINNY_MAX_M
+            and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
+            and weight.device == x.device and weight.dim() == 2 and weight.stride(1) == 1
+            and weight.shape[1] == x.shape[1] > 0
+            and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous())))
+
+
 def _config(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, op: str) -> SkinnyConfig | None:
     """The config to run ``op`` with, or None where the kernel can't or shouldn't run."""
-    eligible = (use_triton(x) and x.dim() == 2 and x.is_contiguous() and 1 <= x.shape[0] <= SKINNY_MAX_M
-                and x.dtype in (torch.bfloat16, torch.float16) and weight.dtype == x.dtype
-                and weight.device == x.device and weight.dim() == 2 and weight.stride(1) == 1
-                and weight.shape[1] == x.shape[1] > 0
-                and (bias is None or (bias.dtype == x.dtype and bias.is_contiguous())))
-    return skinny_config(x.shape[0], weight.shape[0], weight.shape[1], op) if eligible else None
+    return skinny_config(x.shape[0], weight.shape[0], weight.shape[1], op) if _eligible(x, weight, bias) else None
 
 
 # ---------------------------------------------------------------------------------------- ops
@@ -86,6 +91,33 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """x W^T + b: the skinny kernel at decode where the table (or the heuristic) says so, else cuBLAS."""
     config = _config(x, weight, bias, "linear")
     return F.linear(x, weight, bias) if config is None else _launch(x, weight, bias, config)
+
+
+def lm_head_reference(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    return F.linear(x, weight) if out is None else torch.mm(x, weight.t(), out=out)
+
+
+def lm_head_triton(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None,
+                   config: SkinnyConfig | None = None) -> torch.Tensor:
+    config = config or lm_head_config(x, weight) or _heuristic_config(x.shape[0], weight.shape[0], x.shape[1])
+    return _launch(x, weight, None, config, out=out)
+
+
+def lm_head_config(x: torch.Tensor, weight: torch.Tensor) -> SkinnyConfig | None:
+    """The skinny kernel's config for the vocabulary projection: measured entries only (the
+    table's "lm_head" keys), never the heuristic, which was not tried at 152k columns."""
+    if not _eligible(x, weight, None):
+        return None
+    entry = SKINNY_TABLE.get(("lm_head", weight.shape[0], weight.shape[1], triton.next_power_of_2(x.shape[0])))
+    return None if entry is None else SkinnyConfig(*entry)
+
+
+def lm_head(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits x W^T in x's dtype (W: [vocab, hidden]), into ``out`` ([M, vocab], rows contiguous)
+    when given. The skinny kernel where the table has the shape (decode at batch 1: cuBLAS puts a
+    memset node before its GEMM there, which takes no part in PDL), else cuBLAS."""
+    config = lm_head_config(x, weight)
+    return lm_head_reference(x, weight, out) if config is None else lm_head_triton(x, weight, out, config)
 
 
 def linear_silu_mul_reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

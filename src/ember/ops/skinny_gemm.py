@@ -60,7 +60,8 @@ class SkinnyConfig(NamedTuple):
 
 
 # What rides along with the product (see the module docstring); each table key names one.
-OPS = ("linear", "linear_add", "rms_norm_linear", "gate_silu", "rms_norm_gate_silu")
+# ("lm_head": measured entries only, see ember.ops.linear.lm_head_config.)
+OPS = ("linear", "linear_add", "rms_norm_linear", "gate_silu", "rms_norm_gate_silu", "lm_head")
 
 
 def _heuristic_config(m: int, n: int, k: int) -> SkinnyConfig:
@@ -278,16 +279,19 @@ def _split_k_workspace(device: torch.device, floats: int, counters: int):
     return _workspaces[device]
 
 
-def _launch(x, weight, bias, config: SkinnyConfig, *, norm=None, residual=None, gate_silu=False):
+def _launch(x, weight, bias, config: SkinnyConfig, *, norm=None, residual=None, gate_silu=False, out=None):
     """One skinny-GEMM launch. ``norm`` = (eps, row_stats): NORM, for a W that holds the norm's
     weight (see the module docstring). ``residual``: the ADD epilogue, and the result is (out, row_stats). ``gate_silu``: W is
-    [gate; up] and out = silu(x W_gate^T) * (x W_up^T)."""
+    [gate; up] and out = silu(x W_gate^T) * (x W_up^T). ``out``: an [m, n] buffer to write into (rows
+    contiguous), else one is allocated."""
     m, k = x.shape
     assert x.stride(1) == 1 and weight.stride(1) == 1 and weight.shape[1] == k > 0
     assert m <= _MAX_BLOCK_M, f"skinny GEMM is for at most {_MAX_BLOCK_M} rows, got {m}"
     n = weight.shape[0] // 2 if gate_silu else weight.shape[0]
     assert not gate_silu or (bias is None and weight.shape[0] == 2 * n), "gate_silu: W = [gate; up], no bias"
-    out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    assert out.shape == (m, n) and out.dtype == x.dtype and out.stride(1) == 1, (out.shape, out.dtype, out.stride())
     cfg = config
     block_n = cfg.block_n // 2 if gate_silu else cfg.block_n  # the config counts W rows per program
     if cfg.dot:
