@@ -75,13 +75,18 @@ LM_HEAD_CANDIDATES = [C(64, 128, 1, 4, 4, True), C(128, 128, 1, 4, 4, True), C(6
                       C(32, 256, 1, 4, 4, True), C(32, 512, 1, 4, 3, True), C(16, 512, 1, 4, 4, True)]
 
 
+ENGINE_MERGE_MIN, ENGINE_PRELOAD_MIN = (decode_attention.DECODE_LAUNCH_MERGE_MIN_SPLITS,
+                                       decode_attention.DECODE_PRELOAD_MIN_SPLITS)
+
+
 def attention_variant(splits, merge, preload):
     """Force the batch-1 graph's decode attention into a variant (None: the engine's own choice)."""
     fitted, counts = decode_attention.decode_num_splits, decode_attention.decode_split_counts
     cuda_graphs.decode_num_splits = fitted if splits is None else (lambda *args: splits)
     cuda_graphs.decode_split_counts = counts if splits is None else (lambda *args: [splits])
-    decode_attention.DECODE_LAUNCH_MERGE_MIN_SPLITS = 8 if merge is None else (1 if merge == "launch" else 10**6)
-    decode_attention.DECODE_PRELOAD_MIN_SPLITS = 8 if preload is None else (1 if preload else 10**6)
+    decode_attention.DECODE_LAUNCH_MERGE_MIN_SPLITS = (ENGINE_MERGE_MIN if merge is None
+                                                       else 1 if merge == "launch" else 10**6)
+    decode_attention.DECODE_PRELOAD_MIN_SPLITS = ENGINE_PRELOAD_MIN if preload is None else 1 if preload else 10**6
 
 
 def timed_variant(engine, reps: int, label: str, apply, restore) -> float | None:

@@ -301,6 +301,8 @@ def test_lm_head_dispatch_runs_only_measured_shapes(monkeypatch):
     w = make((72, 200), torch.bfloat16, seed=1)
     x1, x2 = make((1, 200), torch.bfloat16), make((2, 200), torch.bfloat16)
     assert torch.equal(lm_head(x1, w), lm_head_reference(x1, w))  # no entry: cuBLAS, not the heuristic
+    monkeypatch.setitem(skinny.SKINNY_TABLE, ("linear", 72, 200, 1), (16, 64, 1, 4, 2, True))
+    assert torch.equal(lm_head(x1, w), lm_head_reference(x1, w))  # nor the shape's "linear" entry
     monkeypatch.setitem(skinny.SKINNY_TABLE, ("lm_head", 72, 200, 1), (16, 64, 1, 4, 2, True))
     out = torch.empty(1, 72, dtype=torch.bfloat16, device=DEVICE)
     assert lm_head(x1, w, out=out) == "kernel" and launches == [((1, 200), out)]
@@ -397,7 +399,7 @@ def test_gpu_cuda_graph_capture(config):
 @pytest.mark.parametrize("k", [1024, 4096])  # Qwen3-0.6B and -8B against the 151,936-token vocabulary
 def test_gpu_lm_head_real_shapes(k):
     x, w = make((1, k), torch.bfloat16, "cuda"), make((151936, k), torch.bfloat16, "cuda", scale=0.02, seed=1)
-    assert skinny.lm_head_config(x, w) is not None  # the table's entry runs
+    assert skinny._config(x, w, None, "lm_head") is not None  # the table's entry runs
     out = torch.empty(2, 151936, dtype=torch.bfloat16, device="cuda")
     lm_head(x, w, out=out[:1])
     assert_gemm_close(out[:1], lm_head_reference(x, w))

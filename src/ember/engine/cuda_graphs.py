@@ -8,7 +8,7 @@ bucket that holds it; the graphs read their inputs from the fixed decode buffers
 
 Small buckets get a graph per decode-attention split count: the splits are fitted to the batch's
 longest context (``ops.decode_attention.decode_num_splits``), since at batch 1 the 56-62 empty
-split programs of a short context under the capacity's 64 splits cost 15-45 us per step, and
+split programs of a short context under the capacity's 64 splits cost 14-44 us per step, and
 the host, which knows the lengths, picks the graph.
 
 Graphs of small buckets also take the greedy argmax into the decode token buffer, where the

@@ -20,9 +20,9 @@ from ember.engine.block_manager import BlockManager
 from ember.engine.kv_cache import allocate_kv_cache, num_kv_blocks
 from ember.engine.model_runner import ModelRunner
 from ember.engine.scheduler import Scheduler
-from ember.layers.attention import MIXED_STEP_DECODE_KERNEL_MIN_ROWS
 from ember.engine.sequence import Sequence
 from ember.errors import ContextLengthError, EmberError, InvalidRequestError
+from ember.layers.attention import MIXED_STEP_DECODE_KERNEL_MIN_ROWS
 from ember.loader.model_path import resolve_model_path
 from ember.loader.weights import build_model, init_dummy_weights, load_checkpoint_weights
 from ember.sampling_params import SamplingParams

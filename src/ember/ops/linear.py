@@ -28,7 +28,6 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-import triton
 
 from ember.ops.activation import silu_mul, silu_mul_reference
 from ember.ops.dispatch import use_triton
@@ -99,24 +98,17 @@ def lm_head_reference(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor |
 
 def lm_head_triton(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None,
                    config: SkinnyConfig | None = None) -> torch.Tensor:
-    config = config or lm_head_config(x, weight) or _heuristic_config(x.shape[0], weight.shape[0], x.shape[1])
+    m, n, k = x.shape[0], weight.shape[0], x.shape[1]
+    config = config or skinny_config(m, n, k, "lm_head") or _heuristic_config(m, n, k)
     return _launch(x, weight, None, config, out=out)
-
-
-def lm_head_config(x: torch.Tensor, weight: torch.Tensor) -> SkinnyConfig | None:
-    """The skinny kernel's config for the vocabulary projection: measured entries only (the
-    table's "lm_head" keys), never the heuristic, which was not tried at 152k columns."""
-    if not _eligible(x, weight, None):
-        return None
-    entry = SKINNY_TABLE.get(("lm_head", weight.shape[0], weight.shape[1], triton.next_power_of_2(x.shape[0])))
-    return None if entry is None else SkinnyConfig(*entry)
 
 
 def lm_head(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Logits x W^T in x's dtype (W: [vocab, hidden]), into ``out`` ([M, vocab], rows contiguous)
-    when given. The skinny kernel where the table has the shape (decode at batch 1: cuBLAS puts a
-    memset node before its GEMM there, which takes no part in PDL), else cuBLAS."""
-    config = lm_head_config(x, weight)
+    when given. The skinny kernel where the table has an "lm_head" entry for the shape (decode at
+    batch 1: cuBLAS puts a memset node before its GEMM there, which takes no part in PDL), else
+    cuBLAS."""
+    config = _config(x, weight, None, "lm_head")
     return lm_head_reference(x, weight, out) if config is None else lm_head_triton(x, weight, out, config)
 
 

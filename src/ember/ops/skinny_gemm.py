@@ -60,7 +60,7 @@ class SkinnyConfig(NamedTuple):
 
 
 # What rides along with the product (see the module docstring); each table key names one.
-# ("lm_head": measured entries only, see ember.ops.linear.lm_head_config.)
+# ("lm_head": measured entries only, see skinny_config.)
 OPS = ("linear", "linear_add", "rms_norm_linear", "gate_silu", "rms_norm_gate_silu", "lm_head")
 
 
@@ -82,17 +82,18 @@ def skinny_config(m: int, n: int, k: int, op: str = "linear") -> SkinnyConfig | 
     """The kernel config for ``op`` on an [m, k] x [n, k]^T product (n = rows of W), or None for
     the unfused fallback. The table's entry for ``op`` if it has one, else (for the norm-scaled
     gate_silu) its "gate_silu" entry, else its "linear" entry for the shape (what rides along adds
-    little to a weight read), else, up to _HEURISTIC_MAX_M rows, the shape heuristic."""
+    little to a weight read), else, up to _HEURISTIC_MAX_M rows, the shape heuristic. "lm_head"
+    runs only where it has an entry of its own (neither fallback was tried at 152k columns)."""
     assert op in OPS, op
     if not 1 <= m <= SKINNY_MAX_M:
         return None
     bucket = triton.next_power_of_2(m)
-    ops = (op, "gate_silu", "linear") if op == "rms_norm_gate_silu" else (op, "linear")
+    ops = {"rms_norm_gate_silu": (op, "gate_silu", "linear"), "lm_head": (op,)}.get(op, (op, "linear"))
     for key in ((o, n, k, bucket) for o in ops):
         if key in SKINNY_TABLE:
             entry = SKINNY_TABLE[key]
             return None if entry is None else SkinnyConfig(*entry)
-    return _heuristic_config(m, n, k) if m <= _HEURISTIC_MAX_M else None
+    return _heuristic_config(m, n, k) if m <= _HEURISTIC_MAX_M and op != "lm_head" else None
 
 
 # ---------------------------------------------------------------------------------------- kernel

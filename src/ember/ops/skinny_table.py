@@ -32,7 +32,8 @@ SKINNY_TABLE: dict[tuple[str, int, int, int], tuple | None] = {
     ("gate_silu", 6144, 1024, 2): (64, 128, 1, 4, 4, True),
     # "lm_head": the vocabulary projection, only where measured (ember.ops.linear.lm_head): inside
     # the batch-1 decode graph (benchmarks/gemv_engine_sweep.py --lm-head, session 12) these tiles
-    # took 4.7 us (0.6B) and 23 us (8B) less per step than cuBLAS and its memset node.
+    # took 2.8-4.7 us (0.6B, two runs) and 23 us (8B, one run) less per step than cuBLAS and its
+    # memset node; the other tiles tried lost or tied.
     ("lm_head", 151936, 1024, 1): (64, 128, 1, 4, 4, True),
     ("lm_head", 151936, 4096, 1): (64, 128, 1, 4, 4, True),
     # "linear": the plain projections
